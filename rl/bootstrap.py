@@ -1,0 +1,258 @@
+"""Build the embedded default starting checkpoint: a tiny, warm-started Qwen3-MoE.
+
+No model hub is reachable, so the project makes its own "pretrained" MoE to post-train:
+
+1. train a byte-level BPE tokenizer on the task corpus (digits kept as single tokens, so numbers
+   are spelled the same way everywhere);
+2. create a small Qwen3-MoE causal LM (a family both transformers and vLLM load; head_dim 32
+   because vLLM's CPU attention rejects 16);
+3. warm-start it with a short supervised phase (TRL's SFTTrainer) on procedurally generated
+   arithmetic, stopped early so its *sampled* pass rate on held-out prompts is well below what it
+   could reach: RL then has something to learn.
+
+The result is an ordinary Hugging Face checkpoint directory. It is cached: a directory whose
+`bootstrap.json` matches the requested spec is reused as is.
+
+    python -m rl.bootstrap --out checkpoints/tiny-moe
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+SPEC_FILE = "bootstrap.json"
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    seed: int = 0
+    vocab_size: int = 320  # BPE target; the model's embedding is padded to a multiple of 64
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    num_experts: int = 8
+    experts_per_token: int = 2
+    moe_intermediate_size: int = 128
+    sft_examples: int = 20_000
+    sft_steps: int = 300
+    sft_batch_size: int = 64
+    sft_lr: float = 2e-3
+    min_digits: int = 1
+    max_digits: int = 3
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on `texts`; digits are split individually before merging."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            # Isolated punctuation keeps "=" and a leading "-" apart, so a prompt's tokens are
+            # always a prefix of the prompt+answer tokens.
+            pre_tokenizers.Punctuation("isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, model_max_length=256
+    )
+
+
+def build_model(spec: BootstrapSpec, vocab_size: int, eos_id: int):
+    """A randomly initialised Qwen3-MoE with the spec's geometry."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        num_experts=spec.num_experts,
+        num_experts_per_tok=spec.experts_per_token,
+        moe_intermediate_size=spec.moe_intermediate_size,
+        norm_topk_prob=True,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen3MoeForCausalLM(config)
+    return model.float()
+
+
+def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from data_mining.tasks import is_heldout, iter_arithmetic
+
+    rows = []
+    for row in iter_arithmetic(spec.seed + 1000, spec.min_digits, spec.max_digits):
+        if not is_heldout(row.id):
+            rows.append({"prompt": row.prompt, "completion": row.reference["answer"]})
+        if len(rows) >= spec.sft_examples:
+            break
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=spec.sft_steps,
+        per_device_train_batch_size=spec.sft_batch_size,
+        learning_rate=spec.sft_lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, spec.sft_steps // 20),
+        weight_decay=0.0,
+        logging_steps=max(1, spec.sft_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        completion_only_loss=True,
+        router_aux_loss_coef=0.0,  # transformers 5.19 mis-shapes the aux loss under padding masks
+        max_length=64,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def sampled_pass_rate(model, tokenizer, n_prompts: int = 256, samples: int = 4, seed: int = 0) -> float:
+    """Sampled (temperature 1) pass rate on held-out prompts with transformers' `generate`."""
+    import torch
+
+    from data_mining.tasks import make_split
+    from rewards.math import arithmetic_correct
+
+    _, heldout = make_split(0, n_prompts, seed=seed)
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    model.eval()
+    passed = total = 0
+    for start in range(0, len(heldout), 64):
+        chunk = heldout[start : start + 64]
+        prompts = [r.prompt for r in chunk for _ in range(samples)]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(
+                **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=8, pad_token_id=tokenizer.pad_token_id,
+            )
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for i, text in enumerate(texts):
+            passed += arithmetic_correct(text, chunk[i // samples].reference["answer"])
+            total += 1
+    return passed / total
+
+
+def is_cached(out: Path, spec: BootstrapSpec) -> bool:
+    spec_path = out / SPEC_FILE
+    if not spec_path.exists():
+        return False
+    return json.loads(spec_path.read_text()).get("spec") == dataclasses.asdict(spec)
+
+
+def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), force: bool = False, threads: int = 2) -> Path:
+    """Build (or reuse) the tiny warm-started MoE checkpoint at `out`."""
+    out = Path(out)
+    if not force and is_cached(out, spec):
+        print(f"[bootstrap] reusing {out} (matches the requested spec)", flush=True)
+        return out
+    _set_threads(threads)
+    t0 = time.time()
+    from data_mining.tasks import iter_arithmetic
+
+    corpus = []
+    for row in iter_arithmetic(spec.seed + 2000, spec.min_digits, spec.max_digits):
+        corpus.append(row.prompt + row.reference["answer"])
+        if len(corpus) >= 5000:
+            break
+    tokenizer = train_tokenizer(corpus, spec.vocab_size)
+    vocab = ((len(tokenizer) + 63) // 64) * 64
+    model = build_model(spec, vocab, tokenizer.eos_token_id)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[bootstrap] tokenizer {len(tokenizer)} tokens; Qwen3-MoE {n_params / 1e6:.2f}M params", flush=True)
+
+    # Build next to the target and rename at the end, so an interrupted run leaves nothing half-written.
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    history = _sft(model, tokenizer, spec, tmp / "sft")
+    shutil.rmtree(tmp / "sft", ignore_errors=True)
+    rate = sampled_pass_rate(model, tokenizer, seed=spec.seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    summary = {
+        "spec": dataclasses.asdict(spec),
+        "params": n_params,
+        "sft_final_loss": history[-1]["loss"] if history else None,
+        "heldout_sampled_pass_rate": rate,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (tmp / SPEC_FILE).write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(
+        f"[bootstrap] wrote {out} in {summary['seconds']}s: SFT loss {summary['sft_final_loss']}, "
+        f"held-out sampled pass rate {rate:.1%}",
+        flush=True,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="checkpoints/tiny-moe", help="checkpoint directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sft-steps", type=int, default=BootstrapSpec.sft_steps)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a matching checkpoint exists")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args(argv)
+    spec = BootstrapSpec(seed=args.seed, sft_steps=args.sft_steps)
+    bootstrap(args.out, spec, force=args.force, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""Typed configuration of the RL pipeline: one tree of frozen dataclasses.
+
+Values come from a YAML file (a mapping of sections) plus dotted `KEY=VALUE` overrides, and are
+parsed, type-checked and range-checked once, in `load_config`. The result is frozen: code that
+needs a derived value computes it where it is used instead of writing it back into the config.
+
+Every field carries its default and a help line in its metadata, so `format_help()` is the
+reference for all knobs. A field may also set `"min"` (inclusive) in its metadata; checks that
+involve more than one field live in the section's `validate()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "format_help",
+    "load_config",
+    "parse_cli",
+    "save_config",
+]
+
+DEFAULT_CONFIG_PATH = "configs/tiny_cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file, override or value is invalid; the message names the dotted key or the file."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = field(
+        default="runs/tiny_cpu", metadata={"help": "run directory: metrics.jsonl, checkpoints, report"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed for data, sampling and model init", "min": 0})
+    steps: int = field(default=40, metadata={"help": "number of RL steps", "min": 0})
+    ray_address: str | None = field(
+        default=None, metadata={"help": "null starts a local Ray; 'auto' joins a running cluster"}
+    )
+    num_cpus: int | None = field(
+        default=None, metadata={"help": "CPUs for a local Ray; null = all", "min": 1}
+    )
+    save_every: int = field(
+        default=0, metadata={"help": "checkpoint every N steps; 0 = only at the end", "min": 0}
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = field(
+        default="checkpoints/tiny-moe",
+        metadata={"help": "a local Hugging Face MoE causal-LM directory"},
+    )
+    bootstrap: bool = field(
+        default=True, metadata={"help": "build the embedded tiny MoE at model.path when it does not exist"}
+    )
+    dtype: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata={"help": "parameter dtype for rollout and training"}
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: Literal["arithmetic"] = field(default="arithmetic", metadata={"help": "prompt task"})
+    train_prompts: int = field(
+        default=4000, metadata={"help": "number of generated training prompts", "min": 1}
+    )
+    heldout_prompts: int = field(
+        default=256, metadata={"help": "number of held-out evaluation prompts", "min": 1}
+    )
+    min_digits: int = field(default=1, metadata={"help": "fewest digits per operand", "min": 1})
+    max_digits: int = field(default=3, metadata={"help": "most digits per operand (>= min_digits)"})
+
+    def validate(self) -> None:
+        if self.max_digits < self.min_digits:
+            raise ConfigError(
+                f"config key 'data.max_digits' must be >= data.min_digits ({self.min_digits}), "
+                f"got {self.max_digits}"
+            )
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    samples_per_prompt: int = field(
+        default=8,
+        # Group-relative advantages (GRPO) compare samples of one prompt, so one sample learns nothing.
+        metadata={"help": "completions sampled per prompt (the GRPO group size)", "min": 2},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass, in (0, 1]"})
+    max_new_tokens: int = field(
+        default=16, metadata={"help": "most tokens generated per completion", "min": 1}
+    )
+    num_actors: int = field(default=1, metadata={"help": "number of rollout actors", "min": 1})
+    cpus_per_actor: float = field(
+        default=1.0, metadata={"help": "Ray CPUs reserved per rollout actor", "min": 0}
+    )
+    threads: int = field(
+        default=1, metadata={"help": "torch/OMP threads in each rollout actor", "min": 1}
+    )
+    kv_cache_gib: float = field(
+        default=1.0, metadata={"help": "KV-cache memory per rollout actor, GiB", "min": 0}
+    )
+    enforce_eager: bool = field(default=True, metadata={"help": "skip torch.compile in vLLM"})
+    logprob_gap_warn: float = field(
+        default=1e-4,
+        metadata={"help": "warn when the rollout/trainer log-prob gap exceeds this", "min": 0},
+    )
+
+    def validate(self) -> None:
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    num_actors: int = field(default=1, metadata={"help": "number of reward actors", "min": 1})
+    cpus_per_actor: float = field(
+        default=0.0, metadata={"help": "Ray CPUs reserved per reward actor", "min": 0}
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    prompts_per_step: int = field(default=32, metadata={"help": "prompts per RL step", "min": 1})
+    micro_batch_samples: int = field(
+        default=64, metadata={"help": "samples per forward/backward micro-batch", "min": 1}
+    )
+    updates_per_step: int = field(
+        default=1,
+        metadata={"help": "optimiser steps per RL step, each over a slice of the batch", "min": 1},
+    )
+    lr: float = field(default=1e-4, metadata={"help": "learning rate", "min": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "linear learning-rate warmup, in optimiser steps", "min": 0}
+    )
+    grad_clip: float = field(
+        default=1.0, metadata={"help": "max gradient norm; 0 disables clipping", "min": 0}
+    )
+    advantage: str = field(default="grpo", metadata={"help": "advantage estimator, by registered name"})
+    policy_loss: str = field(
+        default="ppo_clip", metadata={"help": "policy loss, by registered name"}
+    )
+    clip_low: float = field(
+        default=0.2, metadata={"help": "lower ratio clip: ratio >= 1 - clip_low", "min": 0}
+    )
+    clip_high: float = field(
+        default=0.2, metadata={"help": "upper ratio clip: ratio <= 1 + clip_high", "min": 0}
+    )
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = field(
+        default="token-mean", metadata={"help": "how per-token losses are reduced to one number"}
+    )
+    kl_coef: float = field(
+        default=0.0, metadata={"help": "weight of the KL penalty to the reference model", "min": 0}
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = field(
+        default="k3", metadata={"help": "KL estimator (Schulman's k1/k2/k3)"}
+    )
+    cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved for the trainer", "min": 0})
+    threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples_per_prompt: int = field(
+        default=4, metadata={"help": "completions sampled per held-out prompt", "min": 1}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "most tokens per completion; null = rollout.max_new_tokens", "min": 1},
+    )
+    before: bool = field(default=True, metadata={"help": "evaluate before the first RL step"})
+    after: bool = field(default=True, metadata={"help": "evaluate after the last RL step"})
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(
+        default_factory=RunConfig, metadata={"help": "run directory, length, seed and Ray placement"}
+    )
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the policy model"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "prompt generation"})
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "sampling of training completions"}
+    )
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "reward actors"})
+    train: TrainConfig = field(
+        default_factory=TrainConfig, metadata={"help": "optimisation and the RL objective"}
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation"})
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+# PyYAML follows YAML 1.1, which reads `1e-5` (no dot) as a string; a float field accepts exactly
+# such number-shaped strings, nothing looser (no "nan", "1_0" or padding).
+_FLOAT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_NONE = type(None)
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
+    """Read `path` (None: all defaults), apply `KEY=VALUE` overrides in order, check, and freeze."""
+    raw = _read_yaml(path) if path is not None else {}
+    for text in overrides:
+        _apply_override(raw, text)
+    return _build(Config, raw, "")
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:  # an empty file means all defaults
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file '{path}' must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def _apply_override(raw: dict[str, Any], text: str) -> None:
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"bad override {text!r} (expected KEY=VALUE)")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        raise ConfigError(f"bad override {text!r}: the value is not valid YAML") from None
+
+    # Walk the schema, not just the dict, so a typo is reported against the known keys right here.
+    *parents, leaf = key.split(".")
+    cls: Any = Config
+    node = raw
+    prefix = ""
+    for part in parents:
+        tp = _field_type(cls, part, prefix)
+        path = _join(prefix, part)
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"unknown config key '{key}' ('{path}' is not a section)")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"config key '{path}' expects a mapping, got {_describe(child)}")
+        cls, node, prefix = tp, child, path
+    tp = _field_type(cls, leaf, prefix)
+    if dataclasses.is_dataclass(tp):
+        # Replacing a whole section would silently drop what the file set in it.
+        raise ConfigError(f"config key '{key}' is a section; override its fields as '{key}.NAME=VALUE'")
+    if isinstance(value, (bool, int, float)) and _accepts_str(tp):
+        value = value_text.strip()  # `run.dir=2024` means the string, not the number
+    node[leaf] = value
+
+
+def _field_type(cls: Any, name: str, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    if name not in hints:
+        raise _unknown_key(cls, prefix, name)
+    return hints[name]
+
+
+def _accepts_str(tp: Any) -> bool:
+    return tp is str or (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp))
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    if data is None:  # a section written as `eval:` with nothing under it keeps its defaults
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{prefix}' expects a mapping, got {_describe(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in data:
+        if name not in fields:
+            raise _unknown_key(cls, prefix, name)
+    hints = get_type_hints(cls)
+    kwargs = {}
+    # Defaults go through the same checks as given values, so a bad default fails at every load.
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name in data:
+            value = data[name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif dataclasses.is_dataclass(hints[name]):
+            value = {}
+        else:
+            value = f.default_factory()
+        value = _check(value, hints[name], key)
+        low = f.metadata.get("min")
+        if low is not None and value is not None and value < low:
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+        kwargs[name] = value
+    instance = cls(**kwargs)
+    validate = getattr(instance, "validate", None)
+    if validate is not None:
+        validate()
+    return instance
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp` (only int -> float and number text -> float convert) or raise."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and _NONE in args:
+            return None
+        (inner,) = [a for a in args if a is not _NONE]
+        return _check(value, inner, key)
+    if origin is Literal:
+        if any(type(value) is type(choice) and value == choice for choice in args):
+            return value
+        raise ConfigError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        # list[T] and tuple[T, ...] both name the element type first.
+        return origin(_check(item, args[0], f"{key}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config key '{key}' has unsupported type {tp!r}")
+    raise _type_error(key, tp, value)
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {_describe(value)}")
+
+
+def _unknown_key(cls: Any, prefix: str, name: Any) -> ConfigError:
+    known = ", ".join(f.name for f in dataclasses.fields(cls))
+    where = f"known keys in '{prefix}'" if prefix else "known sections"
+    return ConfigError(f"unknown config key '{_join(prefix, name)}' ({where}: {known})")
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _join(prefix: str, name: Any) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if a is _NONE else _type_name(a) for a in args)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in args) + "}"
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    if origin is tuple:
+        return f"tuple[{_type_name(args[0])}, ...]"
+    return tp.__name__
+
+
+# --- saving and help ------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts, lists and scalars (YAML-dumpable)."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return config_to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write `cfg` as YAML that `load_config` reads back to an equal Config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def format_help(cls: Any = Config) -> str:
+    """One `section.key  TYPE  (default: X)  help` line per field, grouped by section."""
+    hints = get_type_hints(cls)
+    groups = []
+    for section in dataclasses.fields(cls):
+        section_cls = hints[section.name]
+        section_hints = get_type_hints(section_cls)
+        rows = []
+        for f in dataclasses.fields(section_cls):
+            tp, text = section_hints[f.name], f.metadata["help"]
+            if get_origin(tp) is Literal:  # a long list of choices would stretch the type column
+                tp, text = str, f"{text}; one of: {', '.join(get_args(tp))}"
+            rows.append(
+                (f"{section.name}.{f.name}", _type_name(tp), f"(default: {_show(_default(f))})", text)
+            )
+        groups.append((f"{section.name}: {section.metadata['help']}", rows))
+    widths = [max(len(row[i]) for _, rows in groups for row in rows) for i in range(3)]
+    lines = []
+    for title, rows in groups:
+        lines.append(title)
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+            lines.append("  " + "  ".join([*cells, row[3]]))
+    return "\n".join(lines)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _show(value: Any) -> str:
+    # Written the way an override would spell it.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    return str(value)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def parse_cli(
+    argv: Sequence[str] | None = None, description: str = ""
+) -> tuple[Config, argparse.Namespace]:
+    """Parse `[--config PATH] [--ray-address ADDR] [--dry-run] [KEY=VALUE ...]` into a Config.
+
+    A bad config prints `error: <message>` on stderr and exits with status 2, like argparse.
+    """
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="config keys (override as KEY=VALUE):\n" + format_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None,
+        help="YAML config file; none means all defaults (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="shortcut for run.ray_address=ADDR (a KEY=VALUE override still wins)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="set up and check everything, but run no RL steps"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-5"
+    )
+    # Intermixed, so options may follow overrides: `run_rl.py train.lr=1e-5 --dry-run`.
+    args = parser.parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    if args.ray_address is not None:
+        overrides.insert(0, f"run.ray_address={args.ray_address}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    return cfg, args
