@@ -50,11 +50,14 @@ def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(low, 10**digits - 1)
 
 
-def iter_arithmetic(seed: int, min_digits: int = 1, max_digits: int = 3) -> Iterator[TaskRow]:
-    """Endless stream of distinct arithmetic prompts; identical for the same arguments.
+def iter_arithmetic(
+    seed: int, min_digits: int = 1, max_digits: int = 3, distinct: bool = True
+) -> Iterator[TaskRow]:
+    """Stream of arithmetic prompts, identical for the same arguments; difficulty is uniform.
 
     The id is the expression itself, so the same expression always has the same id (and the same
-    split) regardless of the seed or the order it was drawn in.
+    split) regardless of the seed or the order it was drawn in. With `distinct` the stream ends
+    once no new expression turns up (small digit ranges run out).
     """
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -65,11 +68,12 @@ def iter_arithmetic(seed: int, min_digits: int = 1, max_digits: int = 3) -> Iter
         a, b = _operand(rng, digits), _operand(rng, rng.randint(min_digits, digits))
         op = rng.choice(OPERATORS)
         prompt = arithmetic_prompt(a, op, b)
-        if prompt in seen:
-            misses += 1
-            continue
-        misses = 0
-        seen.add(prompt)
+        if distinct:
+            if prompt in seen:
+                misses += 1
+                continue
+            misses = 0
+            seen.add(prompt)
         yield TaskRow(
             id=f"arith:{a}{op}{b}",
             domain="math",

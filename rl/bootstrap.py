@@ -7,8 +7,11 @@ No model hub is reachable, so the project makes its own "pretrained" MoE to post
 2. create a small Qwen3-MoE causal LM (a family both transformers and vLLM load; head_dim 32
    because vLLM's CPU attention rejects 16);
 3. warm-start it with a short supervised phase (TRL's SFTTrainer) on procedurally generated
-   arithmetic, stopped early so its *sampled* pass rate on held-out prompts is well below what it
-   could reach: RL then has something to learn.
+   arithmetic. Like web text, the warm-start corpus is not all correct: a fraction
+   (`answer_noise`) of its answers are near misses (one digit off). The checkpoint therefore
+   usually ranks the right answer first but *samples* it only part of the time, which is the
+   situation RL with a verifiable reward is for: its sampled pass rate on held-out prompts starts
+   low and has room to rise.
 
 The result is an ordinary Hugging Face checkpoint directory. It is cached: a directory whose
 `bootstrap.json` matches the requested spec is reused as is.
@@ -22,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import shutil
 import sys
 import time
@@ -45,11 +49,12 @@ class BootstrapSpec:
     experts_per_token: int = 2
     moe_intermediate_size: int = 128
     sft_examples: int = 20_000
-    sft_steps: int = 300
+    sft_steps: int = 1200
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
+    answer_noise: float = 0.5  # fraction of warm-start answers replaced by a near miss
     min_digits: int = 1
-    max_digits: int = 3
+    max_digits: int = 2
 
 
 def _set_threads(n: int) -> None:
@@ -114,16 +119,28 @@ def build_model(spec: BootstrapSpec, vocab_size: int, eos_id: int):
     return model.float()
 
 
+def near_miss(answer: str, rng: random.Random) -> str:
+    """The answer with one digit changed (never equal to the answer)."""
+    sign, digits = ("-", answer[1:]) if answer.startswith("-") else ("", answer)
+    pos = rng.randrange(len(digits))
+    choices = [d for d in "0123456789" if d != digits[pos] and not (pos == 0 and d == "0" and len(digits) > 1)]
+    return sign + digits[:pos] + rng.choice(choices) + digits[pos + 1 :]
+
+
 def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from data_mining.tasks import is_heldout, iter_arithmetic
 
+    rng = random.Random(spec.seed)
     rows = []
-    for row in iter_arithmetic(spec.seed + 1000, spec.min_digits, spec.max_digits):
+    for row in iter_arithmetic(spec.seed + 1000, spec.min_digits, spec.max_digits, distinct=False):
         if not is_heldout(row.id):
-            rows.append({"prompt": row.prompt, "completion": row.reference["answer"]})
+            answer = row.reference["answer"]
+            if rng.random() < spec.answer_noise:
+                answer = near_miss(answer, rng)
+            rows.append({"prompt": row.prompt, "completion": answer})
         if len(rows) >= spec.sft_examples:
             break
     args = SFTConfig(
@@ -156,16 +173,18 @@ def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
     return [h for h in trainer.state.log_history if "loss" in h]
 
 
-def sampled_pass_rate(model, tokenizer, n_prompts: int = 256, samples: int = 4, seed: int = 0) -> float:
+def sampled_pass_rate(
+    model, tokenizer, spec: BootstrapSpec, n_prompts: int = 256, samples: int = 4
+) -> float:
     """Sampled (temperature 1) pass rate on held-out prompts with transformers' `generate`."""
     import torch
 
     from data_mining.tasks import make_split
     from rewards.math import arithmetic_correct
 
-    _, heldout = make_split(0, n_prompts, seed=seed)
+    _, heldout = make_split(0, n_prompts, seed=spec.seed, min_digits=spec.min_digits, max_digits=spec.max_digits)
     tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
+    torch.manual_seed(spec.seed)
     model.eval()
     passed = total = 0
     for start in range(0, len(heldout), 64):
@@ -218,7 +237,7 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
     tmp.mkdir(parents=True)
     history = _sft(model, tokenizer, spec, tmp / "sft")
     shutil.rmtree(tmp / "sft", ignore_errors=True)
-    rate = sampled_pass_rate(model, tokenizer, seed=spec.seed)
+    rate = sampled_pass_rate(model, tokenizer, spec)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(tmp, safe_serialization=True)
@@ -246,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="checkpoints/tiny-moe", help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=BootstrapSpec.sft_steps)
+    parser.add_argument("--answer-noise", type=float, default=BootstrapSpec.answer_noise)
+    parser.add_argument("--max-digits", type=int, default=BootstrapSpec.max_digits)
     parser.add_argument("--force", action="store_true", help="rebuild even if a matching checkpoint exists")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
-    spec = BootstrapSpec(seed=args.seed, sft_steps=args.sft_steps)
+    spec = BootstrapSpec(
+        seed=args.seed, sft_steps=args.sft_steps, answer_noise=args.answer_noise, max_digits=args.max_digits
+    )
     bootstrap(args.out, spec, force=args.force, threads=args.threads)
     return 0
 

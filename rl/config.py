@@ -89,7 +89,7 @@ class DataConfig:
         default=256, metadata={"help": "number of held-out evaluation prompts", "min": 1}
     )
     min_digits: int = field(default=1, metadata={"help": "fewest digits per operand", "min": 1})
-    max_digits: int = field(default=3, metadata={"help": "most digits per operand (>= min_digits)"})
+    max_digits: int = field(default=2, metadata={"help": "most digits per operand (>= min_digits)"})
 
     def validate(self) -> None:
         if self.max_digits < self.min_digits:

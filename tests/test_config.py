@@ -61,7 +61,7 @@ def test_tiny_cpu_yaml_loads_to_the_defaults():
     assert cfg == Config()
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1e-4
     assert cfg.rollout.enforce_eager is True
-    assert cfg.data.max_digits == 3
+    assert cfg.data.max_digits == 2
     # Every section is spelled out in the file, not left to the defaults.
     raw = yaml.safe_load(TINY_CPU.read_text())
     assert list(raw) == [f.name for f in dataclasses.fields(Config)]
@@ -167,7 +167,7 @@ def test_list_and_tuple_fields_check_their_elements():
         ("train.lr=-1e-3", "config key 'train.lr' must be >= 0, got -0.001"),
         ("rollout.samples_per_prompt=1", "config key 'rollout.samples_per_prompt' must be >= 2, got 1"),
         ("eval.max_new_tokens=0", "config key 'eval.max_new_tokens' must be >= 1, got 0"),
-        ("data.min_digits=4", "config key 'data.max_digits' must be >= data.min_digits (4), got 3"),
+        ("data.min_digits=4", "config key 'data.max_digits' must be >= data.min_digits (4), got 2"),
         ("rollout.top_p=0", "config key 'rollout.top_p' must be in (0, 1], got 0.0"),
         ("rollout.top_p=1.5", "config key 'rollout.top_p' must be in (0, 1], got 1.5"),
         ("train.lr", "bad override 'train.lr' (expected KEY=VALUE)"),

@@ -1,0 +1,126 @@
+"""The rollout actor: owns a vLLM engine, turns prompt rows into Samples with log-probs.
+
+The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so weight updates are plain
+tensor writes into the model that serves generation (see `rl.weight_sync`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rl.types import Sample
+
+
+def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
+    # vLLM reads these lazily, so setting them before the engine is built is enough.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+    # Thread placement is the actor's budget, not vLLM's auto-binding to the last cores.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class RolloutWorker:
+    """Ray actor body (wrapped with ray.remote by the driver)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        threads: int = 1,
+        kv_cache_gib: float = 1.0,
+        enforce_eager: bool = True,
+        max_model_len: int = 256,
+    ) -> None:
+        _configure_cpu_engine(threads, kv_cache_gib)
+        from rl.weight_sync import install_layout_recorder
+
+        install_layout_recorder()
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            max_model_len=max_model_len,
+            # Prefix caching would reuse KV computed under older weights after a sync.
+            enable_prefix_caching=False,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
+        self.startup_seconds = time.perf_counter() - t0
+
+    def info(self) -> dict[str, Any]:
+        return {"startup_seconds": self.startup_seconds, "version": self.version, "pid": os.getpid()}
+
+    def generate(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+    ) -> list[Sample]:
+        """`n` sampled completions for each row (`id`, `domain`, `prompt`, `reference`)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0
+        )
+        prompt_ids = [self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in rows]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+        )
+        samples = []
+        for row, ids, out in zip(rows, prompt_ids, outputs, strict=True):
+            for k, comp in enumerate(out.outputs):
+                token_ids = list(comp.token_ids)
+                samples.append(
+                    Sample(
+                        prompt_id=row["id"],
+                        domain=row["domain"],
+                        prompt=row["prompt"],
+                        prompt_ids=list(ids),
+                        reference=dict(row.get("reference", {})),
+                        group_index=k,
+                        completion=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                        completion_ids=token_ids,
+                        rollout_logprobs=[lp[t].logprob for lp, t in zip(comp.logprobs, token_ids)],
+                        finish_reason="length" if comp.finish_reason == "length" else "stop",
+                        policy_version=self.version,
+                    )
+                )
+        return samples
+
+    def load_weights(self, weights: dict, version: int) -> float:
+        """Write Hugging Face-named weights into the engine in place; returns seconds spent."""
+        from rl.weight_sync import load_hf_weights
+
+        t0 = time.perf_counter()
+        self.llm.llm_engine.apply_model(lambda model: load_hf_weights(model, weights.items()))
+        self.version = version
+        return time.perf_counter() - t0
+
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first in each sequence, under the engine's weights.
+
+        Used to prove the engine computes what the trainer computes with the same weights.
+        """
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
+        return [
+            [lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], seq[1:])]
+            for out, seq in zip(outputs, sequences, strict=True)
+        ]

@@ -1,0 +1,182 @@
+"""The policy-update actor: owns the MoE policy, its optimiser and (optionally) a frozen reference.
+
+One `train_step` takes the scored Samples of an RL step and:
+1. computes group-relative advantages over the completions of each prompt (`rl.algos`);
+2. recomputes the log-probs of the sampled tokens under the current weights (the "old" policy of
+   the PPO ratio) and measures their gap to the log-probs vLLM reported for the same tokens: with
+   the same weights in both, the gap is numerical noise, and anything larger means the weight sync
+   or the engine is wrong;
+3. runs `updates_per_step` optimiser steps over slices of the batch, each accumulated over
+   micro-batches, with the loss normalised by the slice's global token (or sequence) count so the
+   result does not depend on the micro-batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl import algos
+from rl.config import TrainConfig
+from rl.policy import CompletionBatch, completion_logprobs, hf_state_dict, load_policy
+from rl.types import Sample
+
+
+def group_indices(samples: list[Sample]) -> torch.Tensor:
+    """Integer id of each sample's prompt group. [N]"""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(s.prompt_id, len(ids)) for s in samples], dtype=torch.long)
+
+
+def assign_advantages(samples: list[Sample], estimator: str) -> None:
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)  # [N]
+    advantages = algos.compute_advantages(estimator, rewards, group_indices(samples))  # [N]
+    for s, a in zip(samples, advantages.tolist()):
+        s.advantage = a
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class TrainerWorker:
+    """Ray actor body (wrapped with ray.remote by the driver)."""
+
+    def __init__(self, model_path: str, cfg: dict[str, Any], *, dtype: str = "float32", seed: int = 0, max_new_tokens: int = 16) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = TrainConfig(**cfg)
+        os.environ["OMP_NUM_THREADS"] = str(self.cfg.threads)
+        torch.set_num_threads(self.cfg.threads)
+        torch.manual_seed(seed)
+        self.rng = random.Random(seed)
+        self.max_new_tokens = max_new_tokens
+        self.accelerator = Accelerator(cpu=True)
+        model = load_policy(model_path, dtype)
+        model.config.use_cache = False
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.99)
+        )
+        warmup = self.cfg.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.ref_model = None
+        if self.cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
+            self.ref_model = load_policy(model_path, dtype).eval().requires_grad_(False)
+        self.version = 0
+
+    # ---- log-probs -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _logprobs(self, model: torch.nn.Module, samples: list[Sample]) -> list[torch.Tensor]:
+        model.eval()
+        out = []
+        for chunk in _chunks(samples, self.cfg.micro_batch_samples):
+            batch = CompletionBatch.from_samples(chunk, self.pad_id)
+            logprobs, _ = completion_logprobs(model, batch)  # [b, T]
+            out.extend(logprobs[i, : len(s.completion_ids)] for i, s in enumerate(chunk))
+        return out
+
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first, the trainer-side twin of the rollout method."""
+        samples = [Sample("", "", "", seq[:1], completion_ids=seq[1:]) for seq in sequences]
+        return [lp.tolist() for lp in self._logprobs(self.model, samples)]
+
+    # ---- update ----------------------------------------------------------------------------------
+
+    def train_step(self, samples: list[Sample]) -> dict[str, float]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        assign_advantages(samples, cfg.advantage)
+        old = self._logprobs(self.model, samples)
+        ref = self._logprobs(self.ref_model, samples) if self.ref_model is not None else None
+        gaps = torch.cat(
+            [(o - torch.tensor(s.rollout_logprobs)).abs() for o, s in zip(old, samples) if s.completion_ids]
+        )
+        stats: dict[str, list[float]] = {}
+        order = list(range(len(samples)))
+        self.rng.shuffle(order)
+        self.model.train()
+        for slice_idx in _chunks(order, math.ceil(len(order) / cfg.updates_per_step)):
+            self._update(samples, old, ref, slice_idx, stats)
+        self.version += 1
+        result = {k: sum(v) / len(v) for k, v in stats.items()}
+        result.update(
+            {
+                "rollout/logprob_abs_diff_max": gaps.max().item() if gaps.numel() else 0.0,
+                "rollout/logprob_abs_diff_mean": gaps.mean().item() if gaps.numel() else 0.0,
+                "train/lr": self.scheduler.get_last_lr()[0],
+                "train/advantage_abs_mean": sum(abs(s.advantage) for s in samples) / len(samples),
+                "time/train_compute": time.perf_counter() - t0,
+                "policy_version": float(self.version),
+            }
+        )
+        return result
+
+    def _update(self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]]) -> None:
+        cfg = self.cfg
+        chosen = [samples[i] for i in slice_idx]
+        # Normalisers over the whole optimiser step, so accumulation does not change the loss.
+        global_tokens = float(sum(len(s.completion_ids) for s in chosen))
+        global_seqs = float(sum(1 for s in chosen if s.completion_ids))
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in _chunks(slice_idx, cfg.micro_batch_samples):
+            batch_samples = [samples[i] for i in micro]
+            batch = CompletionBatch.from_samples(batch_samples, self.pad_id)
+            mask = batch.completion_mask  # [b, T]
+            t = mask.shape[1]
+            old_lp = self._pad([old[i] for i in micro], t)  # [b, T]
+            adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
+            logprobs, entropy = completion_logprobs(self.model, batch, with_entropy=True)  # [b, T]
+            per_token, loss_stats = algos.policy_loss(
+                cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high
+            )
+            if ref is not None:
+                kl = algos.kl_penalty(cfg.kl_estimator, logprobs, self._pad([ref[i] for i in micro], t))  # [b, T]
+                per_token = per_token + cfg.kl_coef * kl
+                stats.setdefault("train/kl", []).append(algos.masked_mean(kl.detach(), mask).item())
+            loss = algos.aggregate_loss(
+                per_token, mask, cfg.loss_agg,
+                global_tokens=global_tokens, global_seqs=global_seqs, max_len=self.max_new_tokens,
+            )
+            self.accelerator.backward(loss)
+            stats.setdefault("train/loss", []).append(loss.item())
+            stats.setdefault("train/entropy", []).append(algos.masked_mean(entropy, mask).item())
+            stats.setdefault("train/clip_fraction", []).append(loss_stats["clip_fraction"].item())
+        if cfg.grad_clip > 0:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            stats.setdefault("train/grad_norm", []).append(float(norm))
+        self.optimizer.step()
+        self.scheduler.step()
+
+    @staticmethod
+    def _pad(rows: list[torch.Tensor], t: int) -> torch.Tensor:
+        out = torch.zeros(len(rows), t)
+        for i, r in enumerate(rows):
+            out[i, : r.numel()] = r
+        return out
+
+    # ---- weights ---------------------------------------------------------------------------------
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return hf_state_dict(self.accelerator.unwrap_model(self.model))
+
+    def save(self, path: str) -> str:
+        """Save a normal Hugging Face checkpoint (weights + config); the tokenizer is copied by the driver."""
+        model = self.accelerator.unwrap_model(self.model)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        return path
+
+    def state(self) -> dict[str, Any]:
+        return {"version": self.version, "config": asdict(self.cfg)}
