@@ -90,8 +90,12 @@ def make_split(
     min_digits: int = 1,
     max_digits: int = 3,
     heldout_fraction: float = 0.1,
+    strict: bool = True,
 ) -> tuple[list[TaskRow], list[TaskRow]]:
-    """Draw `n_train` train and `n_heldout` held-out prompts, split by prompt id."""
+    """Draw `n_train` train and `n_heldout` held-out prompts, split by prompt id.
+
+    When fewer distinct prompts exist, `strict` raises; otherwise all that exist are returned.
+    """
     train: list[TaskRow] = []
     heldout: list[TaskRow] = []
     for row in iter_arithmetic(seed, min_digits, max_digits):
@@ -101,6 +105,8 @@ def make_split(
             bucket.append(row)
         if len(train) >= n_train and len(heldout) >= n_heldout:
             return train, heldout
+    if not strict:
+        return train, heldout
     raise ValueError(
         f"only {len(train)} train / {len(heldout)} held-out distinct prompts exist with "
         f"{min_digits}-{max_digits} digits; asked for {n_train} / {n_heldout}"

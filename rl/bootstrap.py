@@ -182,7 +182,9 @@ def sampled_pass_rate(
     from data_mining.tasks import make_split
     from rewards.math import arithmetic_correct
 
-    _, heldout = make_split(0, n_prompts, seed=spec.seed, min_digits=spec.min_digits, max_digits=spec.max_digits)
+    _, heldout = make_split(
+        0, n_prompts, seed=spec.seed, min_digits=spec.min_digits, max_digits=spec.max_digits, strict=False
+    )
     tokenizer.padding_side = "left"
     torch.manual_seed(spec.seed)
     model.eval()

@@ -180,6 +180,15 @@ class TrainConfig:
     cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved for the trainer", "min": 0})
     threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
 
+    def validate(self) -> None:
+        # The registries live with the algorithms (torch); imported here, once, at load.
+        from rl import algos
+
+        for key, names in (("advantage", algos.ADVANTAGES.names()), ("policy_loss", algos.POLICY_LOSSES.names())):
+            value = getattr(self, key)
+            if value not in names:
+                raise ConfigError(f"config key 'train.{key}' must be one of {sorted(names)}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class EvalConfig:

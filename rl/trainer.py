@@ -98,23 +98,26 @@ class TrainerWorker:
         cfg = self.cfg
         t0 = time.perf_counter()
         assign_advantages(samples, cfg.advantage)
-        old = self._logprobs(self.model, samples)
+        # With one optimiser step per batch the training forward runs on the pre-update weights, so
+        # its detached log-probs are the "old" ones; more steps need them computed up front.
+        old = self._logprobs(self.model, samples) if cfg.updates_per_step > 1 else None
         ref = self._logprobs(self.ref_model, samples) if self.ref_model is not None else None
-        gaps = torch.cat(
-            [(o - torch.tensor(s.rollout_logprobs)).abs() for o, s in zip(old, samples) if s.completion_ids]
-        )
         stats: dict[str, list[float]] = {}
+        gaps: list[torch.Tensor] = []
+        if old is not None:
+            gaps = [(o - torch.tensor(s.rollout_logprobs)).abs() for o, s in zip(old, samples)]
         order = list(range(len(samples)))
         self.rng.shuffle(order)
         self.model.train()
         for slice_idx in _chunks(order, math.ceil(len(order) / cfg.updates_per_step)):
-            self._update(samples, old, ref, slice_idx, stats)
+            self._update(samples, old, ref, slice_idx, stats, gaps if old is None else None)
         self.version += 1
+        gap = torch.cat(gaps) if gaps else torch.zeros(0)
         result = {k: sum(v) / len(v) for k, v in stats.items()}
         result.update(
             {
-                "rollout/logprob_abs_diff_max": gaps.max().item() if gaps.numel() else 0.0,
-                "rollout/logprob_abs_diff_mean": gaps.mean().item() if gaps.numel() else 0.0,
+                "rollout/logprob_abs_diff_max": gap.max().item() if gap.numel() else 0.0,
+                "rollout/logprob_abs_diff_mean": gap.mean().item() if gap.numel() else 0.0,
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/advantage_abs_mean": sum(abs(s.advantage) for s in samples) / len(samples),
                 "time/train_compute": time.perf_counter() - t0,
@@ -123,7 +126,7 @@ class TrainerWorker:
         )
         return result
 
-    def _update(self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]]) -> None:
+    def _update(self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]], gaps: list | None) -> None:
         cfg = self.cfg
         chosen = [samples[i] for i in slice_idx]
         # Normalisers over the whole optimiser step, so accumulation does not change the loss.
@@ -135,9 +138,14 @@ class TrainerWorker:
             batch = CompletionBatch.from_samples(batch_samples, self.pad_id)
             mask = batch.completion_mask  # [b, T]
             t = mask.shape[1]
-            old_lp = self._pad([old[i] for i in micro], t)  # [b, T]
             adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
             logprobs, entropy = completion_logprobs(self.model, batch, with_entropy=True)  # [b, T]
+            if old is None:
+                old_lp = logprobs.detach()
+                rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
+                gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
+            else:
+                old_lp = self._pad([old[i] for i in micro], t)  # [b, T]
             per_token, loss_stats = algos.policy_loss(
                 cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high
             )

@@ -9,8 +9,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# A few SFT steps: enough for a real checkpoint made by the real bootstrap code, fast on 2 cores.
-TINY_SFT_STEPS = 20
+# A short warm start on one-digit sums (the real bootstrap code, ~10 s on 2 cores): enough for the
+# policy to solve some prompts, so GRPO groups have reward variance and updates are non-zero.
+TINY_SPEC = dict(seed=0, sft_steps=150, sft_examples=4000, max_digits=1, answer_noise=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +19,7 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     from rl.bootstrap import BootstrapSpec, bootstrap
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny-moe"
-    return str(bootstrap(out, BootstrapSpec(seed=0, sft_steps=TINY_SFT_STEPS, sft_examples=2000), threads=1))
+    return str(bootstrap(out, BootstrapSpec(**TINY_SPEC), threads=2))
 
 
 @pytest.fixture(scope="session")
