@@ -52,7 +52,7 @@ class BootstrapSpec:
     sft_steps: int = 1200
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
-    answer_noise: float = 0.5  # fraction of warm-start answers replaced by a near miss
+    answer_noise: float = 0.3  # fraction of warm-start answers replaced by a near miss
     min_digits: int = 1
     max_digits: int = 2
 
@@ -128,8 +128,11 @@ def near_miss(answer: str, rng: random.Random) -> str:
 
 
 def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
+    import datasets
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()  # per-map bars for a 20k-row in-memory set are noise
 
     from data_mining.tasks import is_heldout, iter_arithmetic
 

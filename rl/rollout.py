@@ -20,6 +20,8 @@ def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     # Thread placement is the actor's budget, not vLLM's auto-binding to the last cores.
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # Per-request INFO lines would bury the step progress in the driver's output.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     import torch
 
     torch.set_num_threads(threads)
