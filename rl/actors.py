@@ -57,6 +57,7 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
             dtype=cfg.model.dtype,
             seed=cfg.run.seed,
             max_new_tokens=cfg.rollout.max_new_tokens,
+            total_steps=cfg.run.steps,
         )
     )
     ray.get([r.info.remote() for r in rollouts] + [trainer.state.remote()])

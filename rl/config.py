@@ -152,6 +152,13 @@ class TrainConfig:
     )
     lr: float = field(default=1e-4, metadata={"help": "learning rate", "min": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    lr_schedule: Literal["constant", "cosine"] = field(
+        default="cosine",
+        metadata={"help": "after warmup: constant, or cosine decay to min_lr_ratio * lr at the last step"},
+    )
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "final learning rate as a fraction of lr (cosine schedule)", "min": 0}
+    )
     warmup_steps: int = field(
         default=0, metadata={"help": "linear learning-rate warmup, in optimiser steps", "min": 0}
     )

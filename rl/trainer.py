@@ -42,6 +42,21 @@ def assign_advantages(samples: list[Sample], estimator: str) -> None:
         s.advantage = a
 
 
+def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
+    """Multiplier of `cfg.lr` at optimiser step `step` (0-based): linear warmup, then the schedule.
+
+    cosine: min_lr_ratio + (1 - min_lr_ratio) * (1 + cos(pi * progress)) / 2, progress 0 -> 1 over
+    the steps after warmup, reaching min_lr_ratio at the last step.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, total - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -49,7 +64,16 @@ def _chunks(items: list, size: int) -> list[list]:
 class TrainerWorker:
     """Ray actor body (wrapped with ray.remote by the driver)."""
 
-    def __init__(self, model_path: str, cfg: dict[str, Any], *, dtype: str = "float32", seed: int = 0, max_new_tokens: int = 16) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: dict[str, Any],
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_new_tokens: int = 16,
+        total_steps: int = 1,
+    ) -> None:
         from accelerate import Accelerator
 
         self.cfg = TrainConfig(**cfg)
@@ -65,9 +89,8 @@ class TrainerWorker:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.99)
         )
-        warmup = self.cfg.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup > 0 else 1.0
+            optimizer, lambda i: lr_factor(i, self.cfg, total_steps * self.cfg.updates_per_step)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.ref_model = None

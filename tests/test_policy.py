@@ -41,3 +41,18 @@ def test_group_advantages_follow_prompt_ids():
     # Group x has one success and one failure; group y has no variance and teaches nothing.
     assert samples[0].advantage > 0 > samples[2].advantage
     assert samples[1].advantage == 0.0 and samples[3].advantage == 0.0
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    import math
+
+    from rl.config import TrainConfig
+    from rl.trainer import lr_factor
+
+    cfg = TrainConfig(lr_schedule="cosine", min_lr_ratio=0.1, warmup_steps=2)
+    factors = [lr_factor(i, cfg, total=12) for i in range(12)]
+    assert factors[:2] == [0.5, 1.0]
+    assert factors[2] == 1.0 and math.isclose(factors[-1], 0.1)
+    assert math.isclose(factors[7], 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 9)))
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert lr_factor(5, TrainConfig(lr_schedule="constant"), total=12) == 1.0
