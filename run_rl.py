@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ray
 
+from data_mining.filters import filter_groups
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_split
 from rl.actors import Actors, build_actors, evaluate, generate, score, start_ray, sync_weights
@@ -53,15 +54,17 @@ def rl_loop(cfg: Config, actors: Actors, sampler: EpochSampler, log: MetricsLog,
             )
         with timer("reward"):
             samples, reward_stats = score(actors, samples)
-        with timer("train"):
-            train_stats = ray.get(actors.trainer.train_step.remote(samples))
-        with timer("sync"):
-            sync_seconds = sync_weights(actors, int(train_stats["policy_version"]))
+        batch, filter_stats = filter_groups(samples) if cfg.train.drop_zero_variance_groups else (samples, {})
+        train_stats: dict = {}
+        if batch:  # a step where every group was uniform has nothing to learn; the run goes on
+            with timer("train"):
+                train_stats = ray.get(actors.trainer.train_step.remote(batch))
+            with timer("sync"):
+                train_stats["time/weight_sync_engine"] = sync_weights(actors, int(train_stats["policy_version"]))
         tokens = sum(len(s.completion_ids) for s in samples)
-        metrics = {**sample_metrics(samples), **reward_stats, **train_stats, **timer.seconds,
-                   "time/weight_sync_engine": sync_seconds,
+        metrics = {**sample_metrics(samples), **reward_stats, **filter_stats, **train_stats, **timer.seconds,
                    "perf/tokens_per_second": tokens / timer.seconds["time/generate"]}
-        gap = metrics["rollout/logprob_abs_diff_max"]
+        gap = metrics.get("rollout/logprob_abs_diff_max", 0.0)
         if gap > cfg.rollout.logprob_gap_warn:
             print(f"WARNING: rollout/trainer log-prob gap {gap:.2e} exceeds "
                   f"{cfg.rollout.logprob_gap_warn:.0e} at step {step}", flush=True)

@@ -53,7 +53,7 @@ class RunConfig:
         default="runs/tiny_cpu", metadata={"help": "run directory: metrics.jsonl, checkpoints, report"}
     )
     seed: int = field(default=0, metadata={"help": "seed for data, sampling and model init", "min": 0})
-    steps: int = field(default=800, metadata={"help": "number of RL steps", "min": 0})
+    steps: int = field(default=1200, metadata={"help": "number of RL steps", "min": 0})
     ray_address: str | None = field(
         default=None, metadata={"help": "null starts a local Ray; 'auto' joins a running cluster"}
     )
@@ -150,8 +150,12 @@ class TrainConfig:
         default=1,
         metadata={"help": "optimiser steps per RL step, each over a slice of the batch", "min": 1},
     )
-    lr: float = field(default=1e-4, metadata={"help": "learning rate", "min": 0})
+    lr: float = field(default=2e-4, metadata={"help": "learning rate", "min": 0})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    drop_zero_variance_groups: bool = field(
+        default=True,
+        metadata={"help": "drop groups whose completions all got the same reward before the update (DAPO)"},
+    )
     lr_schedule: Literal["constant", "cosine"] = field(
         default="cosine",
         metadata={"help": "after warmup: constant, or cosine decay to min_lr_ratio * lr at the last step"},

@@ -38,11 +38,11 @@ def test_defaults_load():
     cfg = load_config(None)
     assert cfg == Config()
     assert cfg.run.dir == "runs/tiny_cpu"
-    assert cfg.run.steps == 800
+    assert cfg.run.steps == 1200
     assert cfg.run.ray_address is None
     assert cfg.model.dtype == "float32"
     assert cfg.rollout.samples_per_prompt == 8
-    assert cfg.train.lr == 1e-4
+    assert cfg.train.lr == 2e-4
     assert cfg.train.loss_agg == "token-mean"
     assert cfg.eval.max_new_tokens is None
 
@@ -59,7 +59,7 @@ def test_every_field_has_a_type_default_and_help():
 def test_tiny_cpu_yaml_loads_to_the_defaults():
     cfg = load_config(TINY_CPU)
     assert cfg == Config()
-    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1e-4
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 2e-4
     assert cfg.rollout.enforce_eager is True
     assert cfg.data.max_digits == 2
     # Every section is spelled out in the file, not left to the defaults.
@@ -242,7 +242,7 @@ def test_save_load_round_trip(tmp_path):
 def test_config_to_dict_is_plain_and_complete():
     data = config_to_dict(Config())
     assert type(data) is dict and type(data["train"]) is dict
-    assert data["train"]["lr"] == 1e-4 and data["run"]["ray_address"] is None
+    assert data["train"]["lr"] == 2e-4 and data["run"]["ray_address"] is None
     assert sorted(f"{s}.{k}" for s, keys in data.items() for k in keys) == sorted(_all_keys())
     assert yaml.safe_load(yaml.safe_dump(data)) == data
 
@@ -253,7 +253,7 @@ def test_config_is_frozen():
         cfg.train.lr = 1.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train = cfg.train  # type: ignore[misc]
-    assert cfg.train.lr == 1e-4
+    assert cfg.train.lr == 2e-4
 
 
 def test_format_help_lists_every_key_with_type_and_default():
