@@ -260,7 +260,7 @@ def test_format_help_lists_every_key_with_type_and_default():
     text = format_help()
     for key in _all_keys():
         assert re.search(rf"^  {re.escape(key)}\s", text, re.MULTILINE), key
-    assert re.search(r"^  train\.lr\s+float\s+\(default: 0\.0001\)\s+learning rate$", text, re.MULTILINE)
+    assert re.search(r"^  train\.lr\s+float\s+\(default: 0\.0002\)\s+learning rate$", text, re.MULTILINE)
     assert re.search(r"^  run\.ray_address\s+str \| None\s+\(default: null\)", text, re.MULTILINE)
     assert re.search(r"^  rollout\.enforce_eager\s+bool\s+\(default: true\)", text, re.MULTILINE)
     assert "one of: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm" in text
