@@ -23,12 +23,14 @@ from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, sample_metrics
 
 
-def prepare_checkpoint(cfg: Config) -> str:
+def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
     path = Path(cfg.model.path)
     if (path / "config.json").exists():
         return str(path)
     if not cfg.model.bootstrap:
         sys.exit(f"error: model.path {str(path)!r} is not a Hugging Face checkpoint directory (no config.json)")
+    if dry_run:
+        return f"{path} (to be bootstrapped)"
     # The starting checkpoint is a fixed artifact (bootstrap seed 0), whatever the RL seed.
     spec = BootstrapSpec(min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits)
     return str(bootstrap(path, spec))
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    model_path = prepare_checkpoint(cfg)
+    model_path = prepare_checkpoint(cfg, dry_run=args.dry_run)
     train_rows, heldout_rows = load_prompts(cfg)
     if args.dry_run:
         print(f"plan: {cfg.run.steps} steps x {cfg.train.prompts_per_step} prompts x "

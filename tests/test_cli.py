@@ -32,3 +32,10 @@ def test_dry_run_prints_the_plan(tiny_checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "plan: 3 steps" in out and tiny_checkpoint in out
     assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_dry_run_does_not_bootstrap(tmp_path, capsys):
+    missing = tmp_path / "ckpt"
+    assert run_rl.main([f"model.path={missing}", f"run.dir={tmp_path}/run", "--dry-run"]) == 0
+    assert "to be bootstrapped" in capsys.readouterr().out
+    assert not missing.exists()
