@@ -8,7 +8,10 @@ from collections import defaultdict
 from rewards.registry import score_sample
 from rl.types import Sample
 
-import rewards.math  # noqa: F401  (registers the built-in math reward)
+# Imported for their registrations: the built-in rewards.
+import rewards.instruction  # noqa: F401
+import rewards.math  # noqa: F401
+import rewards.shaping  # noqa: F401
 
 
 def score_samples(samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:

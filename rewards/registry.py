@@ -26,7 +26,10 @@ RewardFn = Callable[[Sample], "RewardResult | None"]
 REWARDS: dict[str, RewardFn] = {}
 
 # Which rewards score each domain, with their weights.
-DEFAULT_DOMAIN_REWARDS: dict[str, list[tuple[str, float]]] = {"math": [("math", 1.0)]}
+DEFAULT_DOMAIN_REWARDS: dict[str, list[tuple[str, float]]] = {
+    "math": [("math", 1.0)],
+    "instruction": [("instruction", 1.0)],
+}
 
 
 def reward(name: str) -> Callable[[RewardFn], RewardFn]:

@@ -1,0 +1,113 @@
+import threading
+
+import pytest
+
+from rewards.math import answers_equivalent, extract_answer, math_reward
+from rewards.registry import score_sample
+from rl.types import Sample
+
+
+def _sample(completion: str, answer) -> Sample:
+    return Sample("p1", "math", "q", [1], reference={"answer": answer}, completion=completion)
+
+
+# (reference, model answer, equivalent)
+EQUIVALENCE = [
+    ("42", "42", True),
+    ("42", "43", False),
+    ("1000", "1,000", True),
+    ("-3", "-3", True),
+    ("-3", "3", False),
+    ("-\\frac{1}{2}", "-0.5", True),
+    ("3.5", "3.50", True),
+    ("5", "5.0", True),
+    ("5", "5.01", False),
+    ("0.5", "\\frac{1}{2}", True),
+    ("\\frac{1}{2}", "1/2", True),
+    ("\\frac{2}{4}", "\\frac12", True),
+    ("\\frac{1}{3}", "0.34", False),
+    ("\\sqrt{2}", "2^{1/2}", True),
+    ("2\\sqrt{2}", "\\sqrt{8}", True),
+    ("\\sqrt{2}", "1.41", False),
+    ("\\frac{\\sqrt{3}}{2}", "\\sin(\\pi/3)", True),
+    ("2\\pi", "2\\pi", True),
+    ("\\pi", "3.14159265", True),
+    ("\\pi", "3.14", False),
+    # Percentages: a written percent sign matches both readings; bare numbers are never rescaled.
+    ("20\\%", "20", True),
+    ("20\\%", "0.2", True),
+    ("0.2", "20\\%", True),
+    ("20", "0.2", False),
+    ("20\\%", "25\\%", False),
+    ("\\{1, 2\\}", "\\{2, 1\\}", True),
+    ("\\{1, 2\\}", "\\{1, 3\\}", False),
+    ("(0, 1]", "(0,1]", True),
+    ("[0, 1)", "(0, 1)", False),
+    ("(-\\infty, 2)", "(-\\infty,2)", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    ("3", "x = 3", True),
+]
+
+
+@pytest.mark.parametrize("reference,answer,expected", EQUIVALENCE)
+def test_answers_equivalent(reference, answer, expected):
+    assert answers_equivalent(answer, reference) is expected
+
+
+@pytest.mark.parametrize(
+    "completion,expected",
+    [
+        ("so \\boxed{\\frac{1}{2}} and finally \\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),  # last wins
+        ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),  # nested braces
+        ("first \\boxed{5} then a truncated \\boxed{6", "5"),  # unbalanced box skipped
+        ("\\boxed{ }", None),
+        ("The answer is 3.5. Done.", "3.5"),
+        ("Answer: $\\frac12$", "$\\frac12$"),
+        ("the answer is **42**.", "42"),
+        ("The answer is 1. No wait, the answer is 2.", "2"),
+        ("\\boxed{7} so the answer is 8", "7"),  # a box beats a stated answer
+        ("pages 3-5, item x2, then 1,000 items", "1,000"),  # last number, not glued to a word
+        ("it drops by \u22127", "-7"),  # Unicode minus
+        ("that is 20% of 3/4", "3/4"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+def test_general_path_components():
+    good = math_reward(_sample("We compute... so \\boxed{\\frac{1}{2}}", "0.5"))
+    assert (good.score, good.passed, good.components) == (1.0, True, {"correct": 1.0, "extracted": 1.0})
+    none = math_reward(_sample("I cannot say", "0.5"))
+    assert (none.score, none.passed, none.components) == (0.0, False, {"correct": 0.0, "extracted": 0.0})
+
+
+def test_integer_fast_path_and_fallback():
+    assert math_reward(_sample(" 42\n", 42)).components == {"correct": 1.0}
+    # Not a bare integer: the final number is the answer, not the leading one.
+    assert math_reward(_sample("2 + 40 = 42", "42")).score == 1.0
+    assert math_reward(_sample("42 no, 41", "42")).score == 0.0
+
+
+def test_not_applicable_without_answer():
+    assert math_reward(Sample("p1", "math", "q", [1], reference={}, completion="42")) is None
+
+
+def test_unparseable_reference_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="reference answer ''"):
+        math_reward(_sample("\\boxed{1}", ""))
+
+
+def test_overlong_answer_is_wrong_not_parsed():
+    assert math_reward(_sample("\\boxed{" + "1+" * 400 + "1}", "401")).score == 0.0
+
+
+def test_works_outside_the_main_thread():
+    # Math-Verify's SIGALRM timeouts raise in other threads; the reward must switch them off there.
+    results = []
+    thread = threading.Thread(target=lambda: results.append(score_sample(_sample("\\boxed{\\frac{2}{4}}", "0.5"))))
+    thread.start()
+    thread.join()
+    assert results and results[0].score == 1.0
