@@ -21,6 +21,7 @@ from rl.actors import Actors, build_actors, evaluate, generate, score, start_ray
 from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, sample_metrics
+from rl.report import write_report
 
 
 def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     before = summary.get("heldout_before", {}).get("pass_rate")
     after = summary.get("heldout_after", {}).get("pass_rate")
     print(f"held-out sampled pass rate: before {before} -> after {after}; checkpoint {final}", flush=True)
+    print(f"report: {write_report(run_dir)}", flush=True)
     ray.shutdown()
     return 0
 
