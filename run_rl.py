@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 

@@ -126,14 +126,12 @@ class TrainerWorker:
         old = self._logprobs(self.model, samples) if cfg.updates_per_step > 1 else None
         ref = self._logprobs(self.ref_model, samples) if self.ref_model is not None else None
         stats: dict[str, list[float]] = {}
-        gaps: list[torch.Tensor] = []
-        if old is not None:
-            gaps = [(o - torch.tensor(s.rollout_logprobs)).abs() for o, s in zip(old, samples)]
+        gaps: list[torch.Tensor] = []  # |old - rollout| per valid token; each sample is in one slice
         order = list(range(len(samples)))
         self.rng.shuffle(order)
         self.model.train()
         for slice_idx in _chunks(order, math.ceil(len(order) / cfg.updates_per_step)):
-            self._update(samples, old, ref, slice_idx, stats, gaps if old is None else None)
+            self._update(samples, old, ref, slice_idx, stats, gaps)
         self.version += 1
         gap = torch.cat(gaps) if gaps else torch.zeros(0)
         result = {k: sum(v) / len(v) for k, v in stats.items()}
@@ -149,7 +147,9 @@ class TrainerWorker:
         )
         return result
 
-    def _update(self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]], gaps: list | None) -> None:
+    def _update(
+        self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]], gaps: list[torch.Tensor]
+    ) -> None:
         cfg = self.cfg
         chosen = [samples[i] for i in slice_idx]
         # Normalisers over the whole optimiser step, so accumulation does not change the loss.
@@ -163,12 +163,9 @@ class TrainerWorker:
             t = mask.shape[1]
             adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
             logprobs, entropy = completion_logprobs(self.model, batch, with_entropy=True)  # [b, T]
-            if old is None:
-                old_lp = logprobs.detach()
-                rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
-                gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
-            else:
-                old_lp = self._pad([old[i] for i in micro], t)  # [b, T]
+            old_lp = logprobs.detach() if old is None else self._pad([old[i] for i in micro], t)  # [b, T]
+            rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
+            gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
             per_token, loss_stats = algos.policy_loss(
                 cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high
             )
