@@ -41,6 +41,7 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
             kv_cache_gib=cfg.rollout.kv_cache_gib,
             enforce_eager=cfg.rollout.enforce_eager,
             max_model_len=max_model_len,
+            record_routing=cfg.rollout.record_routing,
         )
         for i in range(cfg.rollout.num_actors)
     ]
@@ -99,6 +100,7 @@ def evaluate(actors: Actors, rows: list[dict], cfg: Config) -> dict[str, float]:
         n=cfg.eval.samples_per_prompt,
         temperature=cfg.eval.temperature,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        record_routing=False,
     )
     samples, _ = score(actors, samples)
     result = {"pass_rate": sum(s.passed for s in samples) / len(samples)}

@@ -52,6 +52,7 @@ class BootstrapSpec:
     sft_steps: int = 1200
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
+    sft_precision: str = "fp32"  # TRL defaults to bf16 autocast, which this CPU runs no faster
     answer_noise: float = 0.3  # fraction of warm-start answers replaced by a near miss
     min_digits: int = 1
     max_digits: int = 2
@@ -158,6 +159,7 @@ def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        bf16=spec.sft_precision == "bf16",
         seed=spec.seed,
         data_seed=spec.seed,
         completion_only_loss=True,
@@ -173,6 +175,11 @@ def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
         processing_class=tokenizer,
     )
     trainer.train()
+    # accelerate keeps its state (mixed precision included) per process; a trainer built later in
+    # this process must not inherit the SFT settings.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
     return [h for h in trainer.state.log_history if "loss" in h]
 
 

@@ -122,6 +122,10 @@ class RolloutConfig:
         default=1.0, metadata={"help": "KV-cache memory per rollout actor, GiB", "min": 0}
     )
     enforce_eager: bool = field(default=True, metadata={"help": "skip torch.compile in vLLM"})
+    record_routing: bool = field(
+        default=True,
+        metadata={"help": "record the experts vLLM routes each token to (routing replay, routing agreement)"},
+    )
     logprob_gap_warn: float = field(
         default=1e-4,
         metadata={"help": "warn when the rollout/trainer log-prob gap exceeds this", "min": 0},
@@ -188,6 +192,10 @@ class TrainConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = field(
         default="k3", metadata={"help": "KL estimator (Schulman's k1/k2/k3)"}
     )
+    routing_replay: bool = field(
+        default=True,
+        metadata={"help": "force the trainer's MoE routers to use the experts vLLM used (needs rollout.record_routing)"},
+    )
     cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved for the trainer", "min": 0})
     threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
 
@@ -230,6 +238,12 @@ class Config:
         default_factory=TrainConfig, metadata={"help": "optimisation and the RL objective"}
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation"})
+
+    def validate(self) -> None:
+        if self.train.routing_replay and not self.rollout.record_routing:
+            raise ConfigError(
+                "config key 'train.routing_replay' needs rollout.record_routing=true (nothing to replay)"
+            )
 
 
 # --- loading --------------------------------------------------------------------------------------

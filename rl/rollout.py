@@ -40,6 +40,7 @@ class RolloutWorker:
         kv_cache_gib: float = 1.0,
         enforce_eager: bool = True,
         max_model_len: int = 256,
+        record_routing: bool = False,
     ) -> None:
         _configure_cpu_engine(threads, kv_cache_gib)
         from rl.weight_sync import install_layout_recorder
@@ -58,6 +59,12 @@ class RolloutWorker:
             enable_prefix_caching=False,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.routing = None
+        if record_routing:  # the routed experts of every token, for routing replay in the trainer
+            from rl.routing import VllmRoutingRecorder
+
+            runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+            self.routing = VllmRoutingRecorder(runner)
         self.version = 0
         self.startup_seconds = time.perf_counter() - t0
 
@@ -72,17 +79,28 @@ class RolloutWorker:
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 16,
+        record_routing: bool = True,
     ) -> list[Sample]:
-        """`n` sampled completions for each row (`id`, `domain`, `prompt`, `reference`)."""
+        """`n` sampled completions for each row (`id`, `domain`, `prompt`, `reference`).
+
+        With a routing recorder (and `record_routing`), each Sample carries its routed experts.
+        """
         from vllm import SamplingParams
 
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0
         )
         prompt_ids = [self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in rows]
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
-        )
+        routing = self.routing if record_routing else None
+        if routing is not None:
+            routing.start()
+        try:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
+            )
+        finally:
+            if routing is not None:
+                routing.stop()
         samples = []
         for row, ids, out in zip(rows, prompt_ids, outputs, strict=True):
             for k, comp in enumerate(out.outputs):
@@ -100,6 +118,9 @@ class RolloutWorker:
                         rollout_logprobs=[lp[t].logprob for lp, t in zip(comp.logprobs, token_ids)],
                         finish_reason="length" if comp.finish_reason == "length" else "stop",
                         policy_version=self.version,
+                        routed_experts=None if routing is None else routing.take_output(
+                            out.request_id, comp.index, n, len(ids) + len(token_ids) - 1
+                        ),
                     )
                 )
         return samples

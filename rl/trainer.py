@@ -26,6 +26,7 @@ import torch
 from rl import algos
 from rl.config import TrainConfig
 from rl.policy import CompletionBatch, completion_logprobs, hf_state_dict, load_policy
+from rl.routing import RoutingReplay, routing_tensor
 from rl.types import Sample
 
 
@@ -82,7 +83,7 @@ class TrainerWorker:
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.max_new_tokens = max_new_tokens
-        self.accelerator = Accelerator(cpu=True)
+        self.accelerator = Accelerator(cpu=True, mixed_precision="no")  # the model's own dtype
         model = load_policy(model_path, dtype)
         model.config.use_cache = False
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -93,6 +94,8 @@ class TrainerWorker:
             optimizer, lambda i: lr_factor(i, self.cfg, total_steps * self.cfg.updates_per_step)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.replay = RoutingReplay(self.accelerator.unwrap_model(self.model))
+        self._agreement = [0.0, 0.0]  # matching and total token-layer routing choices this step
         self.ref_model = None
         if self.cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
             self.ref_model = load_policy(model_path, dtype).eval().requires_grad_(False)
@@ -100,15 +103,72 @@ class TrainerWorker:
 
     # ---- log-probs -------------------------------------------------------------------------------
 
+    def _policy_logprobs(
+        self, samples: list[Sample], batch: CompletionBatch, with_entropy: bool, measure: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Completion log-probs under the policy, on the rollout's experts when routing replay is on.
+
+        With `measure`, counts how often the policy's own expert choices agree with the rollout's.
+        """
+        recorded = None
+        if self.replay and all(s.routed_experts is not None for s in samples):
+            seq_len = batch.input_ids.shape[1]
+            recorded = routing_tensor(
+                [s.routed_experts for s in samples], seq_len, self.replay.num_layers, self.replay.top_k
+            )  # [layers, B * S, k]
+        forced = recorded if self.cfg.routing_replay else None
+        with self.replay.apply(forced):
+            out = completion_logprobs(self.model, batch, with_entropy=with_entropy)
+        if measure and recorded is not None:
+            match, total = self.replay.agreement(recorded, batch.attention_mask.flatten().bool())
+            self._agreement[0] += match
+            self._agreement[1] += total
+        return out
+
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, samples: list[Sample]) -> list[torch.Tensor]:
         model.eval()
         out = []
         for chunk in _chunks(samples, self.cfg.micro_batch_samples):
             batch = CompletionBatch.from_samples(chunk, self.pad_id)
-            logprobs, _ = completion_logprobs(model, batch)  # [b, T]
+            if model is self.model:
+                logprobs, _ = self._policy_logprobs(chunk, batch, with_entropy=False, measure=True)  # [b, T]
+            else:
+                logprobs, _ = completion_logprobs(model, batch)  # [b, T]
             out.extend(logprobs[i, : len(s.completion_ids)] for i, s in enumerate(chunk))
         return out
+
+    @torch.no_grad()
+    def routing_report(self, samples: list[Sample]) -> dict[str, float]:
+        """Diagnose rollout/trainer agreement on `samples` without updating anything.
+
+        Returns the log-prob gap to the rollout (max, mean), the fraction of token-layer expert
+        choices where the policy's own routing matches the rollout's, and the fraction where the
+        experts the forward actually ran match it (1.0 with routing replay on).
+        """
+        self.model.eval()
+        gaps, own, used = [], [0.0, 0.0], [0.0, 0.0]
+        for chunk in _chunks(samples, self.cfg.micro_batch_samples):
+            batch = CompletionBatch.from_samples(chunk, self.pad_id)
+            logprobs, _ = self._policy_logprobs(chunk, batch, with_entropy=False, measure=False)  # [b, T]
+            gaps += [(logprobs[i, : len(s.completion_ids)] - torch.tensor(s.rollout_logprobs)).abs() for i, s in enumerate(chunk)]
+            if all(s.routed_experts is not None for s in chunk):
+                recorded = routing_tensor(
+                    [s.routed_experts for s in chunk], batch.input_ids.shape[1], self.replay.num_layers, self.replay.top_k
+                )
+                valid = batch.attention_mask.flatten().bool()
+                for acc, flag in ((own, False), (used, True)):
+                    m, t = self.replay.agreement(recorded, valid, used=flag)
+                    acc[0] += m
+                    acc[1] += t
+        gap = torch.cat(gaps)
+        return {
+            "logprob_abs_diff_max": gap.max().item(),
+            "logprob_abs_diff_mean": gap.mean().item(),
+            "routing_agreement": own[0] / own[1] if own[1] else float("nan"),
+            "routing_used_agreement": used[0] / used[1] if used[1] else float("nan"),
+            "token_layer_pairs": used[1],
+        }
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-prob of every token after the first, the trainer-side twin of the rollout method."""
@@ -121,6 +181,7 @@ class TrainerWorker:
         cfg = self.cfg
         t0 = time.perf_counter()
         assign_advantages(samples, cfg.advantage)
+        self._agreement = [0.0, 0.0]
         # With one optimiser step per batch the training forward runs on the pre-update weights, so
         # its detached log-probs are the "old" ones; more steps need them computed up front.
         old = self._logprobs(self.model, samples) if cfg.updates_per_step > 1 else None
@@ -141,6 +202,11 @@ class TrainerWorker:
                 "rollout/logprob_abs_diff_mean": gap.mean().item() if gap.numel() else 0.0,
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/advantage_abs_mean": sum(abs(s.advantage) for s in samples) / len(samples),
+                **(
+                    {"rollout/routing_agreement": self._agreement[0] / self._agreement[1]}
+                    if self._agreement[1]
+                    else {}
+                ),
                 "time/train_compute": time.perf_counter() - t0,
                 "policy_version": float(self.version),
             }
@@ -162,7 +228,9 @@ class TrainerWorker:
             mask = batch.completion_mask  # [b, T]
             t = mask.shape[1]
             adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
-            logprobs, entropy = completion_logprobs(self.model, batch, with_entropy=True)  # [b, T]
+            logprobs, entropy = self._policy_logprobs(
+                batch_samples, batch, with_entropy=True, measure=old is None
+            )  # [b, T]
             old_lp = logprobs.detach() if old is None else self._pad([old[i] for i in micro], t)  # [b, T]
             rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
             gaps.append((old_lp - rollout_lp).abs()[mask.bool()])

@@ -27,6 +27,9 @@ class Sample:
     rollout_logprobs: list[float] = field(default_factory=list)  # one per completion token
     finish_reason: str = ""  # "stop" (EOS) or "length" (truncated)
     policy_version: int = 0  # version of the weights that generated it
+    # [positions, layers, top_k] int16 experts each prompt/completion token was routed to in the
+    # engine (the last completion token is never run); None when routing is not recorded.
+    routed_experts: Any = None
 
     # --- set by the reward actor ---
     reward: float = 0.0
