@@ -618,6 +618,33 @@ def group_load_balancing_loss(
     return num_groups * (f_g * p_g).sum()
 
 
+def load_violation(load: Tensor) -> tuple[Tensor, Tensor]:
+    """How far an expert load is from balanced: (max violation, mean absolute violation).
+
+    v_e = E * load_e - 1 (0 when every expert gets 1/E of the assignments);
+    max violation = max_e v_e, mean violation = mean_e |v_e|.
+    Shapes: load [..., E] (fractions summing to 1 over E) -> two tensors of shape [...].
+    """
+    v = load.shape[-1] * load - 1.0  # [..., E]
+    return v.max(dim=-1).values, v.abs().mean(dim=-1)
+
+
+def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights for the rollout/trainer mismatch (TIS; Yao et al. 2025,
+    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training").
+
+    The rollout engine samples y_t from pi_rollout, which differs numerically from the trainer's
+    pi_old; weighting each token's loss by w_t = min(pi_old(y_t) / pi_rollout(y_t), C) corrects the
+    gradient towards pi_old's, and the cap C bounds the variance.
+
+        w_t = min(exp(log pi_old(y_t) - log pi_rollout(y_t)), C)      (no gradient)
+
+    Shapes: old_logprobs [B, T], rollout_logprobs [B, T] -> [B, T].
+    """
+    _positive(cap, "TIS cap")
+    return torch.exp(old_logprobs.detach() - rollout_logprobs.detach()).clamp(max=cap)
+
+
 def router_entropy(router_logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean entropy of the router distribution over valid tokens: mean_n H(softmax(z_n)).
 

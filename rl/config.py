@@ -192,6 +192,17 @@ class TrainConfig:
     kl_estimator: Literal["k1", "k2", "k3"] = field(
         default="k3", metadata={"help": "KL estimator (Schulman's k1/k2/k3)"}
     )
+    tis_cap: float = field(
+        default=0.0,
+        metadata={"help": "truncated importance sampling from rollout to trainer log-probs, weights capped at this; 0 = off", "min": 0},
+    )
+    aux_loss_coef: float = field(
+        default=0.0, metadata={"help": "weight of the expert load-balancing loss; 0 = off", "min": 0}
+    )
+    aux_loss_group_size: int = field(
+        default=1,
+        metadata={"help": "experts per EP group in the balance loss (balance across groups); 1 = per expert", "min": 1},
+    )
     routing_replay: bool = field(
         default=True,
         metadata={"help": "force the trainer's MoE routers to use the experts vLLM used (needs rollout.record_routing)"},

@@ -170,8 +170,10 @@ class RoutingReplay:
                 self.gates.append((int(m.group(1)), module))
         self.num_layers = max((layer for layer, _ in self.gates), default=-1) + 1
         self.top_k = self.gates[0][1].top_k if self.gates else 0
+        self.num_experts = self.gates[0][1].num_experts if self.gates else 0
         self.own: dict[int, torch.Tensor] = {}  # per layer: the model's own top-k [N, k]
         self.used: dict[int, torch.Tensor] = {}  # per layer: the experts the forward ran [N, k]
+        self.logits: dict[int, torch.Tensor] = {}  # per layer: router logits, with their graph [N, E]
 
     def __bool__(self) -> bool:
         return bool(self.gates)
@@ -181,7 +183,7 @@ class RoutingReplay:
 
         @contextlib.contextmanager
         def ctx():
-            self.own, self.used = {}, {}
+            self.own, self.used, self.logits = {}, {}, {}
             handles = [
                 gate.register_forward_hook(lambda mod, inp, out, layer=layer: self._hook(mod, out, layer, forced))
                 for layer, gate in self.gates
@@ -197,6 +199,7 @@ class RoutingReplay:
     def _hook(self, module, output, layer: int, forced: torch.Tensor | None):
         logits, scores, idx = output
         self.own[layer] = self.used[layer] = idx.detach()
+        self.logits[layer] = logits
         if forced is None:
             return None
         want = forced[layer]  # [N, k]

@@ -96,6 +96,7 @@ class TrainerWorker:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.replay = RoutingReplay(self.accelerator.unwrap_model(self.model))
         self._agreement = [0.0, 0.0]  # matching and total token-layer routing choices this step
+        self._moe: dict[str, list[torch.Tensor]] = {}  # per domain: [expert counts [L, E], entropy sum, tokens]
         self.ref_model = None
         if self.cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
             self.ref_model = load_policy(model_path, dtype).eval().requires_grad_(False)
@@ -182,6 +183,8 @@ class TrainerWorker:
         t0 = time.perf_counter()
         assign_advantages(samples, cfg.advantage)
         self._agreement = [0.0, 0.0]
+        self._moe = {}
+        staleness = [self.version - s.policy_version for s in samples]  # policy versions behind
         # With one optimiser step per batch the training forward runs on the pre-update weights, so
         # its detached log-probs are the "old" ones; more steps need them computed up front.
         old = self._logprobs(self.model, samples) if cfg.updates_per_step > 1 else None
@@ -207,6 +210,9 @@ class TrainerWorker:
                     if self._agreement[1]
                     else {}
                 ),
+                "rollout/staleness_max": float(max(staleness)),
+                "rollout/staleness_mean": sum(staleness) / len(staleness),
+                **self._moe_metrics(),
                 "time/train_compute": time.perf_counter() - t0,
                 "policy_version": float(self.version),
             }
@@ -221,6 +227,7 @@ class TrainerWorker:
         # Normalisers over the whole optimiser step, so accumulation does not change the loss.
         global_tokens = float(sum(len(s.completion_ids) for s in chosen))
         global_seqs = float(sum(1 for s in chosen if s.completion_ids))
+        global_valid = float(sum(len(s.prompt_ids) + len(s.completion_ids) for s in chosen))
         self.optimizer.zero_grad(set_to_none=True)
         for micro in _chunks(slice_idx, cfg.micro_batch_samples):
             batch_samples = [samples[i] for i in micro]
@@ -237,6 +244,13 @@ class TrainerWorker:
             per_token, loss_stats = algos.policy_loss(
                 cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high
             )
+            if cfg.tis_cap > 0:
+                tis = algos.truncated_is_weights(old_lp, rollout_lp, cfg.tis_cap)  # [b, T]
+                per_token = per_token * tis
+                stats.setdefault("train/tis_weight_mean", []).append(algos.masked_mean(tis, mask).item())
+                stats.setdefault("train/tis_capped_fraction", []).append(
+                    algos.masked_mean((tis >= cfg.tis_cap).float(), mask).item()
+                )
             if ref is not None:
                 kl = algos.kl_penalty(cfg.kl_estimator, logprobs, self._pad([ref[i] for i in micro], t))  # [b, T]
                 per_token = per_token + cfg.kl_coef * kl
@@ -245,6 +259,10 @@ class TrainerWorker:
                 per_token, mask, cfg.loss_agg,
                 global_tokens=global_tokens, global_seqs=global_seqs, max_len=self.max_new_tokens,
             )
+            aux = self._moe_step(batch_samples, batch, global_valid)
+            if aux is not None:
+                loss = loss + cfg.aux_loss_coef * aux
+                stats.setdefault("moe/aux_loss", []).append(aux.item())
             self.accelerator.backward(loss)
             stats.setdefault("train/loss", []).append(loss.item())
             stats.setdefault("train/entropy", []).append(algos.masked_mean(entropy, mask).item())
@@ -254,6 +272,51 @@ class TrainerWorker:
             stats.setdefault("train/grad_norm", []).append(float(norm))
         self.optimizer.step()
         self.scheduler.step()
+
+    def _moe_step(self, samples: list[Sample], batch: CompletionBatch, global_valid: float) -> torch.Tensor | None:
+        """After a training forward: count expert load per domain; return the balance loss, if on.
+
+        The loss is the EP-group load-balancing loss (group size 1 = the plain auxiliary loss),
+        averaged over layers, on this micro-batch's real tokens and weighted by their share of the
+        optimiser step's tokens, so accumulation leaves it unchanged.
+        """
+        if not self.replay or not self.replay.logits:
+            return None
+        seq_len = batch.input_ids.shape[1]
+        valid = batch.attention_mask.flatten().bool()  # [B * S]
+        token_domain = [s.domain for s in samples for _ in range(seq_len)]
+        num_experts = self.replay.num_experts
+        with torch.no_grad():
+            for domain in {s.domain for s in samples}:
+                sel = valid & torch.tensor([d == domain for d in token_domain])  # [B * S]
+                acc = self._moe.setdefault(domain, [torch.zeros(self.replay.num_layers, num_experts), 0.0, 0.0])
+                for layer, used in self.replay.used.items():
+                    acc[0][layer] += torch.bincount(used[sel].flatten(), minlength=num_experts).float()
+                    acc[1] += float(algos.entropy_from_logits(self.replay.logits[layer][sel]).sum())
+                acc[2] += float(sel.sum()) * len(self.replay.used)
+        if self.cfg.aux_loss_coef <= 0:
+            return None
+        layers = list(self.replay.logits.values())
+        aux = sum(
+            algos.group_load_balancing_loss(z, self.replay.top_k, self.cfg.aux_loss_group_size, valid) for z in layers
+        ) / len(layers)
+        return aux * (float(valid.sum()) / global_valid)
+
+    def _moe_metrics(self) -> dict[str, Any]:
+        """Expert load (fraction of assignments per layer and expert), its violation, router entropy."""
+        out: dict[str, Any] = {}
+        if not self._moe:
+            return out
+        total = [sum(acc[i] for acc in self._moe.values()) for i in range(3)]
+        for domain, (counts, ent_sum, n) in [("", total), *sorted(self._moe.items())]:
+            suffix = f"/{domain}" if domain else ""
+            load = counts / counts.sum(-1, keepdim=True).clamp(min=1)  # [L, E]
+            vmax, vmean = algos.load_violation(load)  # [L]
+            out[f"moe/load_violation_max{suffix}"] = vmax.max().item()
+            out[f"moe/load_violation_mean{suffix}"] = vmean.mean().item()
+            out[f"moe/router_entropy{suffix}"] = ent_sum / max(n, 1.0)
+            out[f"moe/expert_load{suffix}"] = [[round(x, 5) for x in row] for row in load.tolist()]
+        return out
 
     @staticmethod
     def _pad(rows: list[torch.Tensor], t: int) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The trainer's MoE terms: expert-load metrics, the balance loss, TIS weights, staleness."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from rl import algos
+from rl.bootstrap import BootstrapSpec, build_model
+from rl.config import TrainConfig
+from rl.trainer import TrainerWorker
+from rl.types import Sample
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    spec = BootstrapSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, num_experts=4)
+    path = tmp_path_factory.mktemp("moe") / "m"
+    build_model(spec, vocab_size=64, eos_id=0).save_pretrained(path)
+    return str(path)
+
+
+def _samples(trainer: TrainerWorker, shift: float = 0.0) -> list[Sample]:
+    """Two groups of two, domains math and code; rollout log-probs = trainer's minus `shift`."""
+    samples = [
+        Sample("a", "math", "", [5, 6, 7], completion_ids=[8, 9, 0], reward=1.0),
+        Sample("a", "math", "", [5, 6, 7], completion_ids=[10, 0], reward=0.0),
+        Sample("b", "code", "", [11, 12], completion_ids=[13, 14, 15, 0], reward=0.0),
+        Sample("b", "code", "", [11, 12], completion_ids=[16, 0], reward=1.0),
+    ]
+    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples)):
+        s.rollout_logprobs = (lp - shift).tolist()
+    return samples
+
+
+def _trainer(path: str, **cfg) -> TrainerWorker:
+    return TrainerWorker(path, asdict(TrainConfig(lr=1e-2, **cfg)), seed=0, max_new_tokens=8)
+
+
+def test_step_logs_expert_load_per_domain_and_staleness(tiny_dir):
+    trainer = _trainer(tiny_dir)
+    stats = trainer.train_step(_samples(trainer))
+    for suffix in ("", "/math", "/code"):
+        load = torch.tensor(stats[f"moe/expert_load{suffix}"])  # [layers, experts]
+        assert load.shape == (2, 4)
+        torch.testing.assert_close(load.sum(-1), torch.ones(2), atol=1e-4, rtol=0)
+        vmax, vmean = algos.load_violation(load)
+        assert stats[f"moe/load_violation_max{suffix}"] == pytest.approx(vmax.max().item(), abs=1e-3)
+        assert 0 < stats[f"moe/router_entropy{suffix}"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
+    assert stats["rollout/staleness_max"] == 0.0
+    assert "moe/aux_loss" not in stats
+    second = _samples(trainer)
+    for s in second:
+        s.policy_version = 0  # generated before the first update
+    assert trainer.train_step(second)["rollout/staleness_max"] == 1.0
+
+
+def test_balance_loss_reaches_the_router_only_when_on(tiny_dir):
+    grads = {}
+    for coef in (0.0, 1.0):
+        trainer = _trainer(tiny_dir, aux_loss_coef=coef, aux_loss_group_size=2)
+        samples = _samples(trainer)
+        for s in samples:
+            s.reward = 0.0  # no advantage: only the balance loss can move the weights
+        before = trainer.model.model.layers[0].mlp.gate.weight.detach().clone()
+        stats = trainer.train_step(samples)
+        grads[coef] = (trainer.model.model.layers[0].mlp.gate.weight.detach() - before).abs().max().item()
+        assert ("moe/aux_loss" in stats) == (coef > 0)
+    assert grads[0.0] == 0.0 and grads[1.0] > 0.0
+
+
+def test_tis_weights_are_capped_ratios(tiny_dir):
+    trainer = _trainer(tiny_dir, tis_cap=2.0)
+    stats = trainer.train_step(_samples(trainer, shift=1.0))  # ratio e^1 > 2 on every token
+    assert stats["train/tis_capped_fraction"] == 1.0
+    assert stats["train/tis_weight_mean"] == pytest.approx(2.0)
+    old, rollout = torch.tensor([[0.0, -1.0]]), torch.tensor([[-0.5, -0.2]])
+    torch.testing.assert_close(algos.truncated_is_weights(old, rollout, 1.5), torch.tensor([[1.5, torch.exp(torch.tensor(-0.8))]]))
+
+
+def test_load_violation_closed_form():
+    vmax, vmean = algos.load_violation(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]]))
+    torch.testing.assert_close(vmax, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(vmean, torch.tensor([0.0, 1.0]))
