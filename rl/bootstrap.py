@@ -38,6 +38,7 @@ SPEC_FILE = "bootstrap.json"
 
 @dataclass(frozen=True)
 class BootstrapSpec:
+    family: str = "qwen3_moe"  # or "qwen2_moe" (a shared expert next to the routed ones)
     seed: int = 0
     vocab_size: int = 320  # BPE target; the model's embedding is padded to a multiple of 64
     hidden_size: int = 128
@@ -92,31 +93,47 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
-def build_model(spec: BootstrapSpec, vocab_size: int, eos_id: int):
-    """A randomly initialised Qwen3-MoE with the spec's geometry."""
-    import torch
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+FAMILIES = ("qwen3_moe", "qwen2_moe")
 
-    config = Qwen3MoeConfig(
+
+def build_model(spec: BootstrapSpec, vocab_size: int, eos_id: int):
+    """A randomly initialised MoE causal LM of the spec's family with the spec's geometry.
+
+    qwen3_moe: routed experts only, top-k weights renormalised; qwen2_moe: routed experts plus one
+    sigmoid-gated shared expert per layer (the DeepSeek/Pangu layout's shared-expert idea).
+    """
+    import torch
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    if spec.family not in FAMILIES:
+        raise ValueError(f"unknown model family {spec.family!r}; choose one of {FAMILIES}")
+    if spec.family == "qwen2_moe":
+        if spec.head_dim * spec.num_heads != spec.hidden_size:
+            raise ValueError("qwen2_moe derives head_dim from hidden_size / num_heads; make them agree")
+        config_cls, model_cls = Qwen2MoeConfig, Qwen2MoeForCausalLM
+        extra = dict(shared_expert_intermediate_size=2 * spec.moe_intermediate_size, norm_topk_prob=False)
+    else:
+        config_cls, model_cls = Qwen3MoeConfig, Qwen3MoeForCausalLM
+        extra = dict(head_dim=spec.head_dim, norm_topk_prob=True)
+    config = config_cls(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=4 * spec.hidden_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.head_dim,
         num_experts=spec.num_experts,
         num_experts_per_tok=spec.experts_per_token,
         moe_intermediate_size=spec.moe_intermediate_size,
-        norm_topk_prob=True,
         max_position_embeddings=256,
         tie_word_embeddings=False,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
+        **extra,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen3MoeForCausalLM(config)
+    model = model_cls(config)
     return model.float()
 
 
@@ -241,7 +258,7 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
     vocab = ((len(tokenizer) + 63) // 64) * 64
     model = build_model(spec, vocab, tokenizer.eos_token_id)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[bootstrap] tokenizer {len(tokenizer)} tokens; Qwen3-MoE {n_params / 1e6:.2f}M params", flush=True)
+    print(f"[bootstrap] tokenizer {len(tokenizer)} tokens; {spec.family} {n_params / 1e6:.2f}M params", flush=True)
 
     # Build next to the target and rename at the end, so an interrupted run leaves nothing half-written.
     tmp = out.with_name(out.name + ".tmp")
@@ -275,6 +292,7 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="checkpoints/tiny-moe", help="checkpoint directory to write")
+    parser.add_argument("--family", choices=FAMILIES, default=BootstrapSpec.family, help="MoE model family")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sft-steps", type=int, default=BootstrapSpec.sft_steps)
     parser.add_argument("--answer-noise", type=float, default=BootstrapSpec.answer_noise)
@@ -283,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     spec = BootstrapSpec(
+        family=args.family,
         seed=args.seed, sft_steps=args.sft_steps, answer_noise=args.answer_noise, max_digits=args.max_digits
     )
     bootstrap(args.out, spec, force=args.force, threads=args.threads)
