@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import ray
 
-from data_mining.filters import filter_groups
+from data_mining.datasets import DatasetError, load_datasets, split_heldout
+from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_split
 from rl.actors import Actors, build_actors, evaluate, generate, score, start_ray, sync_weights
@@ -26,9 +28,14 @@ from rl.report import write_report
 def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
     path = Path(cfg.model.path)
     if (path / "config.json").exists():
+        if dry_run:
+            check_checkpoint(path)
         return str(path)
+    if path.exists():  # bootstrapping would replace whatever is there
+        sys.exit(f"error: model.path {str(path)!r} exists but is not a Hugging Face checkpoint directory "
+                 "(no config.json)")
     if not cfg.model.bootstrap:
-        sys.exit(f"error: model.path {str(path)!r} is not a Hugging Face checkpoint directory (no config.json)")
+        sys.exit(f"error: model.path {str(path)!r} does not exist and model.bootstrap is false")
     if dry_run:
         return f"{path} (to be bootstrapped)"
     # The starting checkpoint is a fixed artifact (bootstrap seed 0), whatever the RL seed.
@@ -36,7 +43,40 @@ def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
     return str(bootstrap(path, spec))
 
 
+def check_checkpoint(path: Path) -> None:
+    """Exit naming the problem when `path` lacks what the actors load: model config, weights, tokenizer."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: model.path {str(path)!r} has no usable config.json: {exc}")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        sys.exit(f"error: model.path {str(path)!r} has no weight files (*.safetensors or *.bin)")
+    # transformers builds an empty tokenizer rather than fail when the files are missing.
+    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        sys.exit(f"error: model.path {str(path)!r} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+
+
 def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """Train and held-out rows: the configured datasets, validated (bad rows reported), or the procedural task."""
+    if cfg.data.datasets:
+        tokenizer = None  # a checkpoint still to be bootstrapped has none yet: lengths count bytes
+        if (Path(cfg.model.path) / "config.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        try:
+            rows, report = load_datasets(cfg.data.datasets, cfg.data.dataset_weights, tokenizer,
+                                         cfg.data.max_prompt_tokens)
+        except DatasetError as exc:
+            sys.exit(f"error: {exc}")
+        print(report.summary(), flush=True)
+        train, heldout = split_heldout(rows, cfg.data.heldout_fraction, cfg.data.heldout_prompts)
+        if not train or (not heldout and (cfg.eval.before or cfg.eval.after)):
+            sys.exit(f"error: {len(rows)} valid dataset rows split into {len(train)} train / {len(heldout)} held-out "
+                     "prompts; adjust data.heldout_fraction (or set eval.before=false eval.after=false)")
+        return train, heldout
     train, heldout = make_split(
         cfg.data.train_prompts, cfg.data.heldout_prompts, seed=cfg.run.seed,
         min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits,
@@ -44,19 +84,32 @@ def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
     return [asdict(r) for r in train], [asdict(r) for r in heldout]
 
 
-def rl_loop(cfg: Config, actors: Actors, sampler: EpochSampler, log: MetricsLog, run_dir: Path) -> None:
-    """The RL steps: generate -> reward -> update -> push weights, each phase timed."""
-    for step in range(cfg.run.steps):
-        timer = PhaseTimer()
+def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict):
+    """The miner's link to the policy: `n` scored Samples per row, timed, reward stats summed."""
+    def generate_and_score(rows: list[dict], n: int) -> list:
         with timer("generate"):
-            samples = generate(
-                actors, sampler.next(cfg.train.prompts_per_step), n=cfg.rollout.samples_per_prompt,
-                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-            )
+            samples = generate(actors, rows, n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                               max_new_tokens=cfg.rollout.max_new_tokens)
         with timer("reward"):
-            samples, reward_stats = score(actors, samples)
-        batch, filter_stats = filter_groups(samples) if cfg.train.drop_zero_variance_groups else (samples, {})
+            samples, stats = score(actors, samples)
+        for key, value in stats.items():
+            reward_stats[key] = reward_stats.get(key, 0.0) + value
+        return samples
+    return generate_and_score
+
+
+def rl_loop(cfg: Config, actors: Actors, data: Miner | EpochSampler, log: MetricsLog, run_dir: Path,
+            deadline: float | None = None) -> int:
+    """The RL steps: draw (mine) -> generate -> reward -> update -> push weights, each phase timed.
+    Returns the number of steps run (fewer than run.steps when the deadline passes)."""
+    miner = data if isinstance(data, Miner) else Miner.from_config(cfg, data.rows, sampler=data)
+    for step in range(cfg.run.steps):
+        if deadline is not None and time.time() >= deadline:
+            print(f"run.max_seconds reached after {step} steps", flush=True)
+            return step
+        timer, reward_stats = PhaseTimer(), {}
+        drawn = miner.next_batch(step, rollouts(cfg, actors, timer, reward_stats))
+        batch, samples = drawn.train, drawn.generated
         train_stats: dict = {}
         if batch:  # a step where every group was uniform has nothing to learn; the run goes on
             with timer("train"):
@@ -64,7 +117,7 @@ def rl_loop(cfg: Config, actors: Actors, sampler: EpochSampler, log: MetricsLog,
             with timer("sync"):
                 train_stats["time/weight_sync_engine"] = sync_weights(actors, int(train_stats["policy_version"]))
         tokens = sum(len(s.completion_ids) for s in samples)
-        metrics = {**sample_metrics(samples), **reward_stats, **filter_stats, **train_stats, **timer.seconds,
+        metrics = {**sample_metrics(samples), **reward_stats, **drawn.metrics, **train_stats, **timer.seconds,
                    "perf/tokens_per_second": tokens / timer.seconds["time/generate"]}
         gap = metrics.get("rollout/logprob_abs_diff_max", 0.0)
         if gap > cfg.rollout.logprob_gap_warn:
@@ -73,6 +126,9 @@ def rl_loop(cfg: Config, actors: Actors, sampler: EpochSampler, log: MetricsLog,
         log.log(step, metrics)
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
             ray.get(actors.trainer.save.remote(str(run_dir / f"checkpoint-{step + 1}")))
+            miner.save(run_dir / f"checkpoint-{step + 1}")
+            miner.save(run_dir)
+    return cfg.run.steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,19 +142,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan: {cfg.run.steps} steps x {cfg.train.prompts_per_step} prompts x "
               f"{cfg.rollout.samples_per_prompt} samples on {model_path}; {len(train_rows)} train / "
               f"{len(heldout_rows)} held-out prompts; run dir {run_dir}")
+        m = cfg.monitor
+        sinks = [name for name, on in (("metrics.jsonl", True), ("Ray metrics", m.ray_metrics),
+                                       ("TensorBoard", m.tensorboard), ("W&B", m.wandb)) if on]
+        where = "the cluster's" if cfg.run.ray_address else f"{m.dashboard_host}:{m.dashboard_port}"
+        print(f"monitor: Ray dashboard on {where}; metrics to {', '.join(sinks)}; progress {m.progress}")
         return 0
 
     start_ray(cfg)
     actors = build_actors(cfg, model_path)
-    sampler = EpochSampler(train_rows, seed=cfg.run.seed)
-    log = MetricsLog(run_dir, cfg.run.steps)
+    miner = Miner.from_config(cfg, train_rows)
+    if cfg.run.resume:
+        miner.load(cfg.run.resume)
+        print(f"data side resumed from {cfg.run.resume}", flush=True)
+    log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})
     summary: dict = {"model": model_path}
     if cfg.eval.before:
         summary["heldout_before"] = evaluate(actors, heldout_rows, cfg)
         print(f"held-out sampled pass rate before RL: {summary['heldout_before']['pass_rate']:.3f}", flush=True)
 
-    rl_loop(cfg, actors, sampler, log, run_dir)
+    start = time.time()
+    if cfg.mining.enabled and cfg.mining.offline_pass and not cfg.run.resume:
+        offline = miner.offline_pass(rollouts(cfg, actors, PhaseTimer(), {}))
+        print(f"offline pass: {offline['mining/offline_rollouts']:.0f} rollouts in {time.time() - start:.0f} s; "
+              + ", ".join(f"{k.removeprefix('mining/band/')} {v:.0f}" for k, v in offline.items() if "/band/" in k), flush=True)
+    steps = rl_loop(cfg, actors, miner, log, run_dir, start + cfg.run.max_seconds if cfg.run.max_seconds else None)
     log.close()
+    summary["steps"] = steps
+    summary["mining"] = {**miner.totals, "rollouts_per_useful_group": miner.totals["rollouts"] / max(1, miner.totals["useful_groups"])}
 
     final = run_dir / "final"
     ray.get(actors.trainer.save.remote(str(final)))
@@ -108,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.eval.after:
         summary["heldout_after"] = evaluate(actors, heldout_rows, cfg)
     summary["final_checkpoint"] = str(final)
+    miner.save(final)
+    miner.save(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     before = summary.get("heldout_before", {}).get("pass_rate")
     after = summary.get("heldout_after", {}).get("pass_rate")

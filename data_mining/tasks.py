@@ -111,3 +111,183 @@ def make_split(
         f"only {len(train)} train / {len(heldout)} held-out distinct prompts exist with "
         f"{min_digits}-{max_digits} digits; asked for {n_train} / {n_heldout}"
     )
+
+
+# --- code tasks: small functions checked by hidden asserts -------------------------------------
+# Each family: (name, difficulty, parameter ranges, prompt, one-line solution, input kind). The
+# solution is a `def` on one line, short enough for a tiny model to learn; the expected values in
+# the asserts come from running that solution here. Ids name the family and parameters, so a
+# task keeps its id (and its split) whatever the seed, and its test inputs are seeded by the id.
+CODE_FAMILIES: tuple[tuple[str, int, tuple[range, ...], str, str, str], ...] = (
+    ("add", 1, (range(1, 10),), "f(x) that returns x plus {0}", "def f(x): return x+{0}", "int"),
+    ("sub", 1, (range(1, 10),), "f(x) that returns x minus {0}", "def f(x): return x-{0}", "int"),
+    ("mul", 1, (range(2, 10),), "f(x) that returns x times {0}", "def f(x): return x*{0}", "int"),
+    ("affine", 2, (range(2, 10), range(1, 10)), "f(x) that returns {0} times x plus {1}",
+     "def f(x): return {0}*x+{1}", "int"),
+    ("square", 2, (range(1, 10),), "f(x) that returns x squared plus {0}", "def f(x): return x*x+{0}", "int"),
+    ("clamp", 2, (range(-5, 10),), "f(x) that returns x if x is greater than {0}, otherwise {0}",
+     "def f(x): return max(x,{0})", "int"),
+    ("sum", 3, (range(0, 10),), "f(xs) that returns the sum of the list xs plus {0}",
+     "def f(xs): return sum(xs)+{0}", "list"),
+    ("count", 3, (range(0, 5),), "f(xs) that returns how many times {0} appears in the list xs",
+     "def f(xs): return xs.count({0})", "list"),
+    ("above", 3, (range(0, 5),), "f(xs) that returns the list of the elements of xs greater than {0}",
+     "def f(xs): return [x for x in xs if x>{0}]", "list"),
+    ("repeat", 3, (range(2, 5),), "f(s) that returns the string s repeated {0} times",
+     "def f(s): return s*{0}", "str"),
+)
+
+
+def _code_inputs(rng: random.Random, kind: str, n: int) -> list:
+    if kind == "int":  # both signs and both sides of every threshold the int families use (-5..9)
+        return [rng.randint(-20, -10), rng.randint(10, 20), *rng.sample(range(-9, 10), n - 2)]
+    if kind == "list":
+        return [[rng.randint(0, 6) for _ in range(rng.randint(0, 6))] for _ in range(n)]
+    return ["".join(rng.choice("abc") for _ in range(rng.randint(1, 3))) for _ in range(n)]
+
+
+def code_task(family: str, params: tuple[int, ...], n_tests: int = 5) -> TaskRow:
+    """The code task of `family` with `params`; tests are `assert f(input) == expected` lines."""
+    name, difficulty, _, prompt, solution, kind = next(f for f in CODE_FAMILIES if f[0] == family)
+    prompt_id = f"code:{name}:" + ",".join(map(str, params))
+    solution = solution.format(*params)
+    namespace: dict = {}
+    exec(solution, namespace)  # our own one-line template, not untrusted code
+    inputs = _code_inputs(random.Random(prompt_id), kind, n_tests)
+    tests = [f"assert f({x!r}) == {namespace['f'](x)!r}" for x in inputs]
+    return TaskRow(
+        id=prompt_id,
+        domain="code",
+        prompt=f"Write a Python function {prompt.format(*params)}.",
+        reference={"tests": tests, "entry_point": "f", "solution": solution},
+        difficulty=difficulty,
+    )
+
+
+def iter_code_tasks(seed: int, min_difficulty: int = 1, max_difficulty: int = 3, distinct: bool = True) -> Iterator[TaskRow]:
+    """Stream of code tasks, identical for the same arguments; difficulty (1-3) is uniform.
+
+    Like `iter_arithmetic`, the stream ends once no new task turns up when `distinct`."""
+    rng = random.Random(seed)
+    families = [f for f in CODE_FAMILIES if min_difficulty <= f[1] <= max_difficulty]
+    if not families:
+        raise ValueError(f"no code task family has difficulty in [{min_difficulty}, {max_difficulty}]")
+    levels = sorted({f[1] for f in families})
+    seen: set[tuple] = set()
+    misses = 0
+    while misses < 10_000:
+        level = rng.choice(levels)
+        name, _, ranges, *_ = rng.choice([f for f in families if f[1] == level])
+        params = tuple(rng.choice(r) for r in ranges)
+        if distinct:
+            if (name, params) in seen:
+                misses += 1
+                continue
+            misses = 0
+            seen.add((name, params))
+        yield code_task(name, params)
+
+
+# --- instruction-following tasks: IFEval-format constraints a tiny model can learn ------------------
+# Each family: (name, difficulty, range of n, build(word, n) -> (prompt, [(instruction id, kwargs)],
+# a response that follows every instruction)). Difficulty grows with what must hold at once: one
+# property of one word, then a format plus content, then counts combined with case and punctuation.
+# Ids name the family and parameters, so a task keeps its id (and split) whatever the seed.
+_INSTR_WORDS = ("apple", "river", "cat", "dog", "sun", "tree", "book", "house", "bird", "star", "moon", "fish")
+_INSTR_FILLER = ("red", "blue", "green", "big", "small", "happy", "old", "new")
+_INSTR_ENDINGS = ("The end.", "Thank you.", "Goodbye.")
+
+
+def _exactly_words(n: int) -> list[tuple[str, dict]]:
+    # IFEval relations are "at least" and "less than": exactly n is both.
+    return [("length_constraints:number_words", {"num_words": n, "relation": "at least"}),
+            ("length_constraints:number_words", {"num_words": n + 1, "relation": "less than"})]
+
+
+def _has(*words: str) -> tuple[str, dict]:
+    return ("keywords:existence", {"keywords": list(words)})
+
+
+def _some_words(w: str, n: int) -> list[str]:
+    return [w, *_INSTR_FILLER][:n]
+
+
+INSTRUCTION_FAMILIES: tuple[tuple[str, int, range, Any], ...] = (
+    ("upper", 1, range(1), lambda w, n: (
+        f"Write the word {w} in all capital letters.",
+        [("change_case:english_capital", {}), _has(w)], w.upper())),
+    ("lower", 1, range(1), lambda w, n: (
+        f"Write the word {w.upper()} in lowercase letters.",
+        [("change_case:english_lowercase", {}), _has(w)], w)),
+    ("quote", 1, range(1), lambda w, n: (
+        f"Write the word {w} inside double quotes.",
+        [("startend:quotation", {}), _has(w)], f'"{w}"')),
+    ("words", 1, range(1, 6), lambda w, n: (
+        f"Reply with exactly {n} words, starting with {w}.",
+        [*_exactly_words(n), _has(w)], " ".join(_some_words(w, n)))),
+    ("title", 2, range(1), lambda w, n: (
+        f"Write a title about a {w} in double angular brackets, like <<title>>.",
+        [("detectable_format:title", {}), _has(w)], f"<<The {w}>>")),
+    ("ending", 2, range(len(_INSTR_ENDINGS)), lambda w, n: (
+        f'Write the word {w}, then end your reply with the phrase "{_INSTR_ENDINGS[n]}"',
+        [_has(w), ("startend:end_checker", {"end_phrase": _INSTR_ENDINGS[n]})], f"{w} {_INSTR_ENDINGS[n]}")),
+    ("bullets", 2, range(2, 5), lambda w, n: (
+        f"Write the word {w} in exactly {n} markdown bullet points.",
+        [("detectable_format:number_bullet_lists", {"num_bullets": n}), _has(w)], "\n".join([f"* {w}"] * n))),
+    ("json", 2, range(1, 10), lambda w, n: (
+        f'Reply with only a JSON object with the key "{w}" and the value {n}.',
+        [("detectable_format:json_format", {}), _has(w)], f'{{"{w}": {n}}}')),
+    ("caps_words", 3, range(2, 5), lambda w, n: (
+        f"Reply with exactly {n} words in all capital letters, starting with {w}.",
+        [*_exactly_words(n), ("change_case:english_capital", {}), _has(w)], " ".join(_some_words(w, n)).upper())),
+    ("quiet_words", 3, range(3, 6), lambda w, n: (
+        f"Write exactly {n} words in lowercase and without commas, starting with {w}.",
+        [*_exactly_words(n), ("change_case:english_lowercase", {}), ("punctuation:no_comma", {}), _has(w)],
+        " ".join(_some_words(w, n)))),
+    ("postscript", 3, range(len(_INSTR_FILLER)), lambda w, n: (
+        f"Write the word {w}, then add a postscript starting with P.S. that says {_INSTR_FILLER[n]}.",
+        [_has(w), ("detectable_content:postscript", {"postscript_marker": "P.S."}), _has(_INSTR_FILLER[n])],
+        f"{w}\nP.S. {_INSTR_FILLER[n]}")),
+)
+
+
+def instruction_task(family: str, word: str, n: int = 0) -> TaskRow:
+    """The instruction task of `family` about `word` (and count `n`); `constraints` is IFEval's format,
+    `solution` a response that follows every instruction."""
+    name, difficulty, _, build = next(f for f in INSTRUCTION_FAMILIES if f[0] == family)
+    prompt, instructions, solution = build(word, n)
+    return TaskRow(
+        id=f"instr:{name}:{word},{n}",
+        domain="instruction",
+        prompt=prompt,
+        reference={
+            "constraints": {"instruction_id_list": [i for i, _ in instructions], "kwargs": [k for _, k in instructions]},
+            "solution": solution,
+        },
+        difficulty=difficulty,
+    )
+
+
+def iter_instruction_tasks(
+    seed: int, min_difficulty: int = 1, max_difficulty: int = 3, distinct: bool = True
+) -> Iterator[TaskRow]:
+    """Stream of instruction-following tasks, identical for the same arguments; difficulty (1-3) is
+    uniform. Like `iter_arithmetic`, the stream ends once no new task turns up when `distinct`."""
+    rng = random.Random(seed)
+    families = [f for f in INSTRUCTION_FAMILIES if min_difficulty <= f[1] <= max_difficulty]
+    if not families:
+        raise ValueError(f"no instruction task family has difficulty in [{min_difficulty}, {max_difficulty}]")
+    levels = sorted({f[1] for f in families})
+    seen: set[tuple] = set()
+    misses = 0
+    while misses < 10_000:
+        level = rng.choice(levels)
+        name, _, counts, _ = rng.choice([f for f in families if f[1] == level])
+        word, n = rng.choice(_INSTR_WORDS), rng.choice(counts)
+        if distinct:
+            if (name, word, n) in seen:
+                misses += 1
+                continue
+            misses = 0
+            seen.add((name, word, n))
+        yield instruction_task(name, word, n)

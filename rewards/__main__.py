@@ -1,16 +1,18 @@
 """Score a JSONL file of completions offline.
 
     python -m rewards score --input rows.jsonl --output scored.jsonl [--custom SPEC ...]
-        [--route DOMAIN=REWARD[:WEIGHT][,REWARD[:WEIGHT]...] ...]
+        [--route DOMAIN=REWARD[:WEIGHT][,REWARD[:WEIGHT]...] ...] [--reward-model PATH]
+        [--timeout S] [--threads N]
 
 Each input line is an object with `id`, `domain`, `prompt`, `completion` and the domain's reference
-fields (math: `answer`; instruction: `constraints`); every other field is passed to the rewards in
-`Sample.reference`. Each output line, in input order, is the input row plus `score` (1.0 = fully
-correct) and `components`. A line that is not a JSON object, lacks a required field or makes a
-reward fail gets `score: 0.0` and an `error` naming the problem, and the run goes on. Blank lines are
-skipped. `--custom` loads user rewards (see `rewards.custom`); `--route` says which rewards score a
-domain, replacing the default routing for that domain. Token ids are not available here, so
-rewards that need them (`overlong`) do not apply.
+fields (math: `answer`; code: `tests`; instruction: `constraints` in IFEval's format); every other
+field is passed to the rewards in `Sample.reference`. Each output line, in input order, is the input
+row plus `score` (1.0 = fully correct) and `components`. A line that is not a JSON object, lacks a
+required field, or whose reward fails or runs past `--timeout` seconds gets `score: 0.0` and an
+`error` naming the problem, and the run goes on. Blank lines are skipped. `--custom` loads user
+rewards (see `rewards.custom`); `--route` says which rewards score a domain, replacing the built-in
+routing for that domain. Rows are scored by the same `RewardPool` as in training. Token ids are not
+available here, so rewards that need them (`overlong`) do not apply.
 """
 
 from __future__ import annotations
@@ -20,30 +22,21 @@ import json
 import sys
 from pathlib import Path
 
-import rewards.pool  # noqa: F401  (registers the built-in rewards)
-from rewards.custom import RewardLoadError, load_custom_rewards
-from rewards.registry import DEFAULT_DOMAIN_REWARDS, REWARDS, score_sample
+from rewards.custom import RewardLoadError
+from rewards.pool import DEFAULT_THREADS, DEFAULT_TIMEOUT_S, RewardPool, describe, setup_rewards
+from rewards.registry import parse_route as parse_route_text
 from rl.types import Sample
 
 ROW_FIELDS = ("id", "domain", "prompt", "completion")
-REFERENCE_FIELDS = {"math": ("answer",), "instruction": ("constraints",)}
-
-Routes = dict[str, list[tuple[str, float]]]
+REFERENCE_FIELDS = {"math": ("answer",), "code": ("tests",), "instruction": ("constraints",)}
 
 
 def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
     """`"math=math,format:0.1"` -> `("math", [("math", 1.0), ("format", 0.1)])`."""
-    domain, sep, rewards_text = text.partition("=")
-    if not sep or not domain or not rewards_text:
-        raise argparse.ArgumentTypeError(f"route {text!r}: expected DOMAIN=REWARD[:WEIGHT][,...]")
-    routes = []
-    for item in rewards_text.split(","):
-        name, _, weight = item.partition(":")
-        try:
-            routes.append((name, float(weight) if weight else 1.0))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"route {text!r}: weight {weight!r} is not a number") from None
-    return domain, routes
+    try:
+        return parse_route_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def row_to_sample(row: dict) -> Sample:
@@ -68,42 +61,50 @@ def row_to_sample(row: dict) -> Sample:
     )
 
 
-def _describe(exc: Exception) -> str:
-    # str(KeyError) quotes its message; the message itself reads better.
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    return f"{type(exc).__name__}: {message}"
-
-
 def _failed(row: dict, error: str) -> dict:
     return {**row, "score": 0.0, "components": {}, "error": error}
 
 
-def score_line(line: str, line_number: int, routes: Routes) -> dict:
-    """The output row for one input line; never raises for a bad row (it gets an `error`)."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return _failed({"line": line_number}, f"line {line_number}: invalid JSON: {exc}")
-    if not isinstance(row, dict):
-        return _failed({"line": line_number}, f"line {line_number}: expected a JSON object, got {type(row).__name__}")
-    try:
-        result = score_sample(row_to_sample(row), routes)
-    except Exception as exc:  # one bad row costs that row, not the file
-        return _failed(row, f"line {line_number}: {_describe(exc)}")
-    return {**row, "score": float(result.score), "components": result.components}
-
-
-def score_file(input_path: Path, output_path: Path, routes: Routes) -> tuple[int, float, int]:
-    """Score every non-blank line of `input_path` into `output_path`; return (rows, mean, errors)."""
-    rows, total, errors = 0, 0.0, 0
-    with input_path.open(encoding="utf-8") as src, output_path.open("w", encoding="utf-8") as dst:
+def read_rows(path: Path) -> list[tuple[int, dict | str]]:
+    """(line number, row) for every non-blank line; a row that cannot be used is its error text."""
+    rows: list[tuple[int, dict | str]] = []
+    with path.open(encoding="utf-8") as src:
         for line_number, line in enumerate(src, start=1):
             if not line.strip():
                 continue
-            out = score_line(line, line_number, routes)
-            dst.write(json.dumps(out, ensure_ascii=False) + "\n")
-            rows, total, errors = rows + 1, total + out["score"], errors + ("error" in out)
-    return rows, (total / rows if rows else 0.0), errors
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rows.append((line_number, f"line {line_number}: invalid JSON: {exc}"))
+                continue
+            if not isinstance(row, dict):
+                rows.append((line_number, f"line {line_number}: expected a JSON object, got {type(row).__name__}"))
+                continue
+            rows.append((line_number, row))
+    return rows
+
+
+def score_rows(rows: list[tuple[int, dict | str]], pool: RewardPool) -> list[dict]:
+    """The output row for every input row, in order; never raises for a bad row (it gets an `error`)."""
+    out: list[dict | None] = [None] * len(rows)
+    samples, where = [], []
+    for k, (line_number, row) in enumerate(rows):
+        if isinstance(row, str):
+            out[k] = _failed({"line": line_number}, row)
+            continue
+        try:
+            samples.append(row_to_sample(row))
+            where.append(k)
+        except ValueError as exc:
+            out[k] = _failed(row, f"line {line_number}: {describe(exc)}")
+    outcomes, _ = pool.evaluate(samples)
+    for k, outcome in zip(where, outcomes):
+        line_number, row = rows[k]
+        if isinstance(outcome, str):
+            out[k] = _failed(row, f"line {line_number}: {outcome}")
+        else:
+            out[k] = {**row, "score": float(outcome.score), "components": outcome.components}
+    return out  # type: ignore[return-value]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,13 @@ def _build_parser() -> argparse.ArgumentParser:
     score.add_argument("--route", action="append", default=[], type=parse_route,
                        metavar="DOMAIN=REWARD[:W],...",
                        help="rewards (and weights) for a domain, replacing its default (repeatable)")
+    score.add_argument("--reward-model", metavar="PATH",
+                       help="sequence-classification checkpoint for the 'general' domain (see reward.reward_model_path)")
+    score.add_argument("--reward-model-label", metavar="LABEL", help="output a multi-output reward model scores")
+    score.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help="seconds one reward call may take (default: %(default)s)")
+    score.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                       help="worker threads for reward calls (default: %(default)s)")
     return parser
 
 
@@ -126,17 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return 2
     try:
-        load_custom_rewards(args.custom)
+        routes = setup_rewards({"custom": args.custom, "routes": dict(args.route),
+                                "reward_model_path": args.reward_model, "reward_model_label": args.reward_model_label})
     except RewardLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    routes = {**DEFAULT_DOMAIN_REWARDS, **dict(args.route)}
-    unknown = sorted({name for domain_routes in routes.values() for name, _ in domain_routes} - set(REWARDS))
-    if unknown:
-        print(f"error: unknown reward(s) in --route: {unknown}; registered: {sorted(REWARDS)}", file=sys.stderr)
-        return 2
-    rows, mean, errors = score_file(args.input, args.output, routes)
-    print(f"scored {rows} rows: mean score {mean:.4f}, {errors} errors", file=sys.stderr)
+    with RewardPool(routes, args.timeout, args.threads) as pool:
+        out = score_rows(read_rows(args.input), pool)
+    with args.output.open("w", encoding="utf-8") as dst:
+        for row in out:
+            dst.write(json.dumps(row, ensure_ascii=False) + "\n")
+    mean = sum(r["score"] for r in out) / len(out) if out else 0.0
+    errors = sum("error" in r for r in out)
+    print(f"scored {len(out)} rows: mean score {mean:.4f}, {errors} errors", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,8 @@
 A file path may be absolute or relative to the working directory. A spec may start with `name=`
 to register the function under another name (`"exact=my_rewards.code:passes_tests"`); otherwise
 it is registered under its function name.
-A loaded function must have the reward signature `fn(sample) -> RewardResult | None`.
+A loaded function must take one positional argument: a Sample, or a list of Samples for a batched
+reward (mark it with `rewards.registry.batched`); it may be `async`.
 
 Registration is per process: call `load_custom_rewards` in every process that scores samples.
 """
@@ -110,6 +111,16 @@ def load_custom_reward(spec: str) -> str:
     except ValueError as exc:
         raise RewardLoadError(f"custom reward {spec!r}: {exc}") from exc
     return name
+
+
+def pin_spec(spec: str) -> str:
+    """`spec` with a relative file path made absolute, so another process (a reward actor, whose
+    working directory may differ) loads the same file; module specs are returned unchanged."""
+    match = _SPEC.fullmatch(spec.strip())
+    if match is None or not _is_file(match["source"]):
+        return spec
+    prefix = f"{match['name']}=" if match["name"] else ""
+    return f"{prefix}{Path(match['source']).resolve()}:{match['attr']}"
 
 
 def load_custom_rewards(specs: list[str]) -> list[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 
-from rewards.pool import RewardWorker
+from rewards.custom import pin_spec
+from rewards.pool import RewardWorker, setup_rewards
 from rl.config import Config
 from rl.rollout import RolloutWorker
 from rl.trainer import TrainerWorker
@@ -15,10 +17,39 @@ from rl.types import Sample
 
 
 def start_ray(cfg: Config) -> None:
+    """Start a local Ray with its dashboard on monitor.dashboard_host:port, or join run.ray_address;
+    then print where the dashboard and the Prometheus metrics endpoint are, and how to sign in.
+
+    Ray >= 2.59 guards a local cluster's dashboard and HTTP API with a token (RAY_AUTH_MODE=token). Ray
+    reads it from $RAY_AUTH_TOKEN, else the file named by $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token
+    (created by the first local `ray.init`); `ray get-auth-token` prints it. The token itself is not
+    printed, since run logs get shared.
+    """
     if cfg.run.ray_address:
-        ray.init(address=cfg.run.ray_address, log_to_driver=True)
+        ctx = ray.init(address=cfg.run.ray_address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.run.num_cpus, log_to_driver=True, include_dashboard=False)
+        ctx = ray.init(
+            num_cpus=cfg.run.num_cpus, log_to_driver=True, include_dashboard=True,
+            dashboard_host=cfg.monitor.dashboard_host, dashboard_port=cfg.monitor.dashboard_port,
+        )
+    if not ctx.dashboard_url:
+        print("Ray dashboard: not running (it needs the ray[default] package)", flush=True)
+        return
+    print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+    port = ctx.address_info.get("metrics_export_port")
+    if port:
+        print(f"Prometheus metrics of this node: http://{ctx.address_info['node_ip_address']}:{port}/metrics",
+              flush=True)
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # a Ray from before token authentication
+        return
+    if is_token_auth_enabled():
+        source = "$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else (
+            os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+        print(f"  the dashboard asks for the cluster's auth token: `ray get-auth-token` prints it (Ray reads "
+              f"it from {source}); HTTP API clients send the header 'Authorization: Bearer <token>'",
+              flush=True)
 
 
 @dataclass
@@ -29,6 +60,10 @@ class Actors:
 
 
 def build_actors(cfg: Config, model_path: str) -> Actors:
+    # Checked in the driver first: a bad custom reward, route or reward model stops the run here,
+    # naming it, before any actor starts. Each reward actor repeats the set-up in its own process.
+    reward_config = {**asdict(cfg.reward), "custom": [pin_spec(spec) for spec in cfg.reward.custom]}
+    setup_rewards(reward_config, load_models=False)
     max_model_len = 64 + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     rollouts = [
         ray.remote(RolloutWorker)
@@ -46,7 +81,7 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
         for i in range(cfg.rollout.num_actors)
     ]
     rewards = [
-        ray.remote(RewardWorker).options(name=f"reward-{i}", num_cpus=cfg.reward.cpus_per_actor).remote()
+        ray.remote(RewardWorker).options(name=f"reward-{i}", num_cpus=cfg.reward.cpus_per_actor).remote(reward_config)
         for i in range(cfg.reward.num_actors)
     ]
     trainer = (
@@ -61,7 +96,7 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
             total_steps=cfg.run.steps,
         )
     )
-    ray.get([r.info.remote() for r in rollouts] + [trainer.state.remote()])
+    ray.get([r.info.remote() for r in rollouts + rewards] + [trainer.state.remote()])
     return Actors(rollouts, rewards, trainer)
 
 

@@ -256,6 +256,23 @@ def compute_advantages(name: str, rewards: Tensor, group_index: Tensor, eps: flo
     return get_advantage(name)(rewards, group_index, eps=eps)
 
 
+def normalize_advantages_per_domain(advantages: Tensor, domain_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """Whiten advantages within each capability domain (multi-task balancing, as in Pangu Ultra MoE's
+    multi-capability RL, arXiv:2505.04519).
+
+    A'_i = (A_i - mean_d) / (std_d + eps),  d = domain of sample i, std_d the population std
+
+    Each domain then contributes advantages of unit RMS, so a domain whose rewards spread widely
+    (or whose groups are mostly informative) does not drown out the others in the loss. A domain
+    whose advantages are all equal (all-uniform groups, or a single sample) gets exactly 0.
+    Shapes: advantages [N] float, domain_index [N] long -> [N] in advantages' dtype.
+    """
+    # Domains are "groups" here: the same centring and population variance as GRPO's groups.
+    centered, _, var = _group_centered(advantages, domain_index)
+    std = var.sqrt()  # [N]
+    return torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered)).to(advantages.dtype)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Policy losses (per token, aggregate with ``aggregate_loss``)
 # ----------------------------------------------------------------------------------------------------

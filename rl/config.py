@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import re
 import types
@@ -28,7 +29,9 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "MiningConfig",
     "ModelConfig",
+    "MonitorConfig",
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
@@ -63,6 +66,16 @@ class RunConfig:
     save_every: int = field(
         default=0, metadata={"help": "checkpoint every N steps; 0 = only at the end", "min": 0}
     )
+    max_seconds: float = field(
+        default=0.0,
+        metadata={"help": "stop the RL loop after this many seconds (mining's offline pass included); 0 = no limit",
+                  "min": 0},
+    )
+    resume: str | None = field(
+        default=None,
+        metadata={"help": "checkpoint (or run) directory whose ledger.parquet restores the data side: "
+                          "pass-rate ledger and sampler state"},
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,22 @@ class DataConfig:
     )
     min_digits: int = field(default=1, metadata={"help": "fewest digits per operand", "min": 1})
     max_digits: int = field(default=2, metadata={"help": "most digits per operand (>= min_digits)"})
+    datasets: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "prompt datasets: JSONL, Parquet or saved `datasets` directories (row schema in "
+                          "data_mining/datasets.py); empty = the procedural task"},
+    )
+    dataset_weights: tuple[float, ...] = field(
+        default=(),
+        metadata={"help": "sampling weight of each entry of data.datasets; empty = in proportion to their sizes"},
+    )
+    max_prompt_tokens: int = field(
+        default=64, metadata={"help": "longest dataset prompt kept, in tokens; longer rows are skipped", "min": 1}
+    )
+    heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of dataset prompts held out for evaluation (chosen by a hash of the id)", "min": 0},
+    )
 
     def validate(self) -> None:
         if self.max_digits < self.min_digits:
@@ -97,6 +126,15 @@ class DataConfig:
                 f"config key 'data.max_digits' must be >= data.min_digits ({self.min_digits}), "
                 f"got {self.max_digits}"
             )
+        if self.dataset_weights and len(self.dataset_weights) != len(self.datasets):
+            raise ConfigError(
+                f"config key 'data.dataset_weights' needs one weight per data.datasets entry "
+                f"({len(self.datasets)}), got {len(self.dataset_weights)}"
+            )
+        if any(w <= 0 for w in self.dataset_weights):
+            raise ConfigError(f"config key 'data.dataset_weights' must all be > 0, got {list(self.dataset_weights)}")
+        if self.heldout_fraction >= 1:
+            raise ConfigError(f"config key 'data.heldout_fraction' must be < 1, got {self.heldout_fraction}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +180,46 @@ class RewardConfig:
     cpus_per_actor: float = field(
         default=0.0, metadata={"help": "Ray CPUs reserved per reward actor", "min": 0}
     )
+    threads: int = field(
+        default=4, metadata={"help": "worker threads per reward actor for reward calls", "min": 1}
+    )
+    timeout_s: float = field(
+        default=30.0,
+        metadata={"help": "seconds one reward call may take; past it the samples score 0 (an error)"},
+    )
+    custom: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "user rewards loaded at start-up: 'pkg.module:fn' or 'path/file.py:fn' ('name=' prefix renames)"},
+    )
+    routes: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "'DOMAIN=REWARD[:WEIGHT],...' entries replacing a domain's built-in rewards"},
+    )
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={"help": "local HF sequence-classification checkpoint scoring the 'general' domain"},
+    )
+    reward_model_label: str | None = field(
+        default=None,
+        metadata={"help": "output scored by a multi-output reward model (name or index); null for one logit"},
+    )
+    reward_model_batch_size: int = field(
+        default=8, metadata={"help": "samples per reward-model forward pass (and per call)", "min": 1}
+    )
+    reward_model_max_length: int = field(
+        default=1024, metadata={"help": "most tokens per reward-model input (cut from the left)", "min": 1}
+    )
+
+    def validate(self) -> None:
+        from rewards.registry import parse_route
+
+        if self.timeout_s <= 0:
+            raise ConfigError(f"config key 'reward.timeout_s' must be > 0, got {self.timeout_s}")
+        for i, text in enumerate(self.routes):
+            try:
+                parse_route(text)
+            except ValueError as exc:
+                raise ConfigError(f"config key 'reward.routes[{i}]': {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -207,6 +285,10 @@ class TrainConfig:
         default=True,
         metadata={"help": "force the trainer's MoE routers to use the experts vLLM used (needs rollout.record_routing)"},
     )
+    advantage_norm_per_domain: bool = field(
+        default=False,
+        metadata={"help": "whiten advantages within each domain (zero mean, unit std), so no domain's reward scale dominates"},
+    )
     cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved for the trainer", "min": 0})
     threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
 
@@ -235,12 +317,110 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class MiningConfig:
+    enabled: bool = field(
+        default=False,
+        metadata={"help": "iterative hard-example mining; false = shuffled epochs with zero-variance groups dropped"},
+    )
+    too_hard_max: float = field(
+        default=0.1, metadata={"help": "a prompt whose recent pass rate is <= this is too_hard", "min": 0}
+    )
+    solved_min: float = field(
+        default=0.9, metadata={"help": "a prompt whose recent pass rate is >= this is solved", "min": 0}
+    )
+    decay: float = field(
+        default=0.5,
+        metadata={"help": "share of a prompt's old evidence kept at each new observation (0 = latest only)", "min": 0},
+    )
+    offline_pass: bool = field(
+        default=False,
+        metadata={"help": "before RL, estimate every train prompt's pass rate with mining.estimate_samples samples"},
+    )
+    estimate_samples: int = field(
+        default=8, metadata={"help": "samples per prompt in the offline pass and in re-mining", "min": 1}
+    )
+    remine_every: int = field(
+        default=20,
+        metadata={"help": "every N steps re-estimate a sample of too_hard and solved prompts; 0 = never", "min": 0},
+    )
+    remine_prompts: int = field(
+        default=64, metadata={"help": "prompts re-estimated per re-mining", "min": 1}
+    )
+    overdraw_budget: float = field(
+        default=4.0,
+        metadata={"help": "most prompts drawn in one step, as a multiple of train.prompts_per_step; past it the "
+                          "step trains on the learnable groups it has", "min": 1},
+    )
+    domain_mixing: Literal["adaptive", "fixed"] = field(
+        default="adaptive",
+        metadata={"help": "per-domain quotas: adapted toward domains with learnable prompts and headroom, or fixed"},
+    )
+    domain_weights: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "'DOMAIN=WEIGHT' entries for fixed mixing; unlisted domains weigh 1"},
+    )
+    domain_floor: float = field(
+        default=0.1, metadata={"help": "adaptive mixing: least share of a step's prompts per domain", "min": 0}
+    )
+
+    def validate(self) -> None:
+        if not self.too_hard_max < self.solved_min <= 1:
+            raise ConfigError(
+                f"config key 'mining.solved_min' must be in (mining.too_hard_max, 1] = ({self.too_hard_max}, 1], "
+                f"got {self.solved_min}"
+            )
+        for key in ("decay", "domain_floor"):
+            if getattr(self, key) > 1:
+                raise ConfigError(f"config key 'mining.{key}' must be <= 1, got {getattr(self, key)}")
+        for i, text in enumerate(self.domain_weights):
+            domain, sep, weight = text.partition("=")
+            if not sep or not domain.strip() or not _FLOAT_TEXT.fullmatch(weight.strip()) or float(weight) < 0:
+                raise ConfigError(
+                    f"config key 'mining.domain_weights[{i}]' must be 'DOMAIN=WEIGHT' with WEIGHT >= 0, got {text!r}"
+                )
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    dashboard_host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address a local Ray's dashboard binds to; 0.0.0.0 exposes it to the network"},
+    )
+    dashboard_port: int = field(
+        default=8265, metadata={"help": "a local Ray's dashboard port (the next free one if taken)", "min": 1}
+    )
+    ray_metrics: bool = field(
+        default=True, metadata={"help": "export the RL metrics as Ray metrics (dashboard, Prometheus)"}
+    )
+    tensorboard: bool = field(
+        default=True, metadata={"help": "write TensorBoard event files to <run.dir>/tensorboard"}
+    )
+    wandb: bool = field(
+        default=False,
+        metadata={"help": "also log to Weights & Biases (needs the wandb package; WANDB_PROJECT names the project)"},
+    )
+    progress: Literal["auto", "bar", "lines"] = field(
+        default="auto",
+        metadata={"help": "progress: one line updated in place (bar), a line per step (lines), bar on a terminal (auto)"},
+    )
+
+    def validate(self) -> None:
+        # Checked at load, so a missing package stops the run before Ray and the models start.
+        for key, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if getattr(self, key) and importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    f"config key 'monitor.{key}' is true but the {module} package is not installed "
+                    f"(pip install {module}, or set monitor.{key}=false)"
+                )
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(
         default_factory=RunConfig, metadata={"help": "run directory, length, seed and Ray placement"}
     )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the policy model"})
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "prompt generation"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "prompts: the procedural task or datasets"})
     rollout: RolloutConfig = field(
         default_factory=RolloutConfig, metadata={"help": "sampling of training completions"}
     )
@@ -249,6 +429,13 @@ class Config:
         default_factory=TrainConfig, metadata={"help": "optimisation and the RL objective"}
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "held-out evaluation"})
+    mining: MiningConfig = field(
+        default_factory=MiningConfig,
+        metadata={"help": "hard-example mining: pass-rate bands, dynamic sampling, re-mining, domain mixing"},
+    )
+    monitor: MonitorConfig = field(
+        default_factory=MonitorConfig, metadata={"help": "Ray dashboard, metric sinks and progress display"}
+    )
 
     def validate(self) -> None:
         if self.train.routing_replay and not self.rollout.record_routing:

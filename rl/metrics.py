@@ -1,13 +1,57 @@
-"""The one place that records metrics: `metrics.jsonl` (the canonical record) and a progress line."""
+"""The one place that records metrics.
+
+`MetricsLog.log(step, metrics)` sends one step's metrics (a flat dict keyed like `reward/mean/math`) to:
+
+* `metrics.jsonl` in the run directory: the canonical record, one JSON object per step;
+* Ray metrics (`ray.util.metrics.Gauge`, set from the driver): the Ray dashboard's Metrics view and
+  each node's Prometheus endpoint (`http://<node ip>:<metrics export port>/metrics`) show them;
+* TensorBoard event files in `<run dir>/tensorboard`, tagged with the jsonl keys themselves;
+* Weights & Biases, when `monitor.wandb` is on;
+* a progress display on stdout (`Progress`).
+
+Only numeric values go to the Ray, TensorBoard and W&B sinks; lists (e.g. per-expert loads) stay in
+the jsonl record.
+
+Key -> Ray metric (`ray_metric`), so that every new key exports without registration:
+
+1. split the key on `/`; when the last part is a domain (one seen in `reward/mean/<domain>`, which
+   `sample_metrics` writes for every domain in the batch, or one passed to `MetricsLog`), it becomes
+   the `domain` tag; otherwise the value is an overall one and the tag is `domain="all"`;
+2. the remaining parts, each with characters outside `[a-zA-Z0-9_]` replaced by `_`, are joined with
+   `_` behind the prefix `rl_`.
+
+    reward/mean                 -> rl_reward_mean{domain="all"}
+    reward/pass_rate/math       -> rl_reward_pass_rate{domain="math"}
+    mining/band/medium/code     -> rl_mining_band_medium{domain="code"}
+    time/generate               -> rl_time_generate{domain="all"}
+    train/kl                    -> rl_train_kl{domain="all"}
+
+Every gauge also carries `run` (the run directory's name). Ray prefixes application metrics with
+`ray_` on the Prometheus endpoint: `ray_rl_reward_mean{domain="math",run="tiny_cpu",...}`. The
+driver's `step` is exported too (`rl_step`), so a time series can be read against the RL step.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
+import shutil
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TextIO
+
+from rl.config import MonitorConfig
+
+DOMAIN_KEY_PREFIX = "reward/mean/"  # `sample_metrics` writes reward/mean/<domain> for every domain seen
+_ILLEGAL = re.compile(r"[^a-zA-Z0-9_]")
+
+# The display of the open MetricsLog: PhaseTimer reports the phase it enters there, so the live
+# progress can say what the step is doing without the driver's loop passing a display around.
+_display: Progress | None = None
 
 
 class PhaseTimer:
@@ -18,6 +62,8 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if _display is not None:
+            _display.phase(name)
         t0 = time.perf_counter()
         try:
             yield
@@ -25,36 +71,196 @@ class PhaseTimer:
             self.seconds[f"time/{name}"] = self.seconds.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
+def ray_metric(key: str, domains: Collection[str]) -> tuple[str, dict[str, str]]:
+    """The Prometheus-legal Ray metric name and tags of a jsonl key (rules in the module docstring)."""
+    parts = key.split("/")
+    domain = "all"
+    if len(parts) > 1 and parts[-1] in domains:
+        domain = parts.pop()
+    return "rl_" + "_".join(_ILLEGAL.sub("_", p) for p in parts), {"domain": domain}
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a metrics dict, as floats (bools count as 0/1)."""
+    return {
+        k: float(v) for k, v in metrics.items()
+        if isinstance(v, (int, float)) and math.isfinite(v)
+    }
+
+
+class Progress:
+    """Per-step progress: one line rewritten in place on a terminal, a plain line per step otherwise.
+
+    `mode` is "bar" (in place), "lines" (a line per step) or "auto" (in place when `stream` is a TTY,
+    so CI logs and redirected output get plain lines). In place, the line also has a bar and names
+    the phase that is running. ETA = mean seconds per step x steps left; the mean is taken over the
+    steps after the first, so set-up, evaluation or a mining pass before step 0 (which run phases
+    too) stop counting once there are two steps; the first step alone is timed from its first phase.
+    """
+
+    PHASE_KEYS = ("generate", "reward", "train", "sync")
+
+    def __init__(self, total_steps: int, mode: str = "auto", stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        isatty = getattr(self.stream, "isatty", None)
+        self.in_place = mode == "bar" or (mode == "auto" and bool(isatty and isatty()))
+        self.total = total_steps
+        self.done = 0
+        self.t0: float | None = None  # first phase seen
+        self.first_end: float | None = None  # end of the first step
+        self.head, self.body = f"step 0/{total_steps}", ""
+        self.drawn = False
+
+    def phase(self, name: str) -> None:
+        if self.t0 is None:
+            self.t0 = time.time()
+        if self.in_place:  # the running phase goes first: a line wider than the terminal is cut
+            self._draw(" | ".join(part for part in (self.head, f"now: {name}", self.body) if part))
+
+    def step(self, step: int, m: dict[str, Any]) -> None:
+        now = time.time()
+        if self.t0 is None:
+            self.t0 = now
+        self.done += 1
+        if self.first_end is None:
+            self.first_end = now
+            per_step = now - self.t0
+        else:
+            per_step = (now - self.first_end) / (self.done - 1)
+        eta = per_step * max(0, self.total - step - 1)
+        phases = " ".join(f"{p} {m[f'time/{p}']:.1f}s" for p in self.PHASE_KEYS if f"time/{p}" in m)
+        bar = ""
+        if self.in_place:  # 12 cells, one '#' per finished twelfth of the run
+            filled = (step + 1) * 12 // max(1, self.total)
+            bar = " [" + "#" * filled + "." * (12 - filled) + "]"
+        self.head = f"step {step + 1}/{self.total}{bar} | eta {_clock(eta)}"
+        self.body = (
+            f"reward {m.get('reward/mean', 0.0):.3f} pass {m.get('reward/pass_rate', 0.0):.3f} | "
+            f"{m.get('perf/tokens_per_second', 0.0):.0f} tok/s | {phases} | "
+            f"gap {m.get('rollout/logprob_abs_diff_max', 0.0):.1e}"
+        )
+        if self.in_place:
+            self._draw(f"{self.head} | {self.body}")
+        else:
+            print(f"{self.head} | {self.body}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.drawn:  # leave the last state on screen, and the cursor on a fresh line
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+    def _draw(self, line: str) -> None:
+        # A line longer than the terminal wraps, and "\r" then rewrites only its last row.
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write("\r\033[K" + line[:width])
+        self.stream.flush()
+        self.drawn = True
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _RayMetrics:
+    """One Gauge per metric name, created on first use, tagged (domain, run)."""
+
+    def __init__(self, run: str, domains: Collection[str]) -> None:
+        self.run = run
+        self.domains = set(domains)
+        self.gauges: dict[str, Any] = {}
+
+    def write(self, values: dict[str, float]) -> None:
+        from ray.util.metrics import Gauge
+
+        self.domains.update(k[len(DOMAIN_KEY_PREFIX):] for k in values if k.startswith(DOMAIN_KEY_PREFIX))
+        for key, value in values.items():
+            name, tags = ray_metric(key, self.domains)
+            gauge = self.gauges.get(name)
+            if gauge is None:
+                base = key if tags["domain"] == "all" else key.rpartition("/")[0]
+                gauge = self.gauges[name] = Gauge(
+                    name, description=f"metrics.jsonl key {base}[/<domain>]", tag_keys=("domain", "run")
+                )
+            gauge.set(value, tags={**tags, "run": self.run})
+
+
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, total_steps: int) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+    """Records each step's metrics in every enabled sink (see the module docstring).
+
+    `monitor` is the config's `monitor` section (None: jsonl, Ray metrics when Ray is up, and
+    progress lines; no TensorBoard or W&B); `domains` are the run's capability domains, known
+    up front from the datasets (more are learned from `reward/mean/<domain>` keys).
+    """
+
+    def __init__(
+        self, run_dir: str | Path, total_steps: int, monitor: MonitorConfig | None = None,
+        domains: Collection[str] = (),
+    ) -> None:
+        global _display
+        run_dir = Path(run_dir)
+        self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.total_steps = total_steps
         self.start = time.time()
         self._file = self.path.open("a")
+        self.progress = Progress(total_steps, monitor.progress if monitor else "auto")
+        _display = self.progress
+
+        self._ray = None
+        if monitor is None or monitor.ray_metrics:
+            import ray
+
+            if ray.is_initialized():
+                self._ray = _RayMetrics(run_dir.resolve().name, domains)
+        self._tb = None
+        if monitor is not None and monitor.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self._wandb = None
+        if monitor is not None and monitor.wandb:
+            self._wandb = _start_wandb(run_dir)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, "wall_time": round(time.time() - self.start, 3), **metrics}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        self._progress(step, metrics)
-
-    def _progress(self, step: int, m: dict[str, Any]) -> None:
-        elapsed = time.time() - self.start
-        eta = elapsed / (step + 1) * (self.total_steps - step - 1)
-        phases = " ".join(
-            f"{k[5:]}={m[k]:.1f}s" for k in ("time/generate", "time/reward", "time/train", "time/sync") if k in m
-        )
-        print(
-            f"step {step + 1}/{self.total_steps} | reward {m.get('reward/mean', 0):.3f} "
-            f"pass {m.get('reward/pass_rate', 0):.3f} | gap {m.get('rollout/logprob_abs_diff_max', 0):.1e} "
-            f"| {m.get('perf/tokens_per_second', 0):.0f} tok/s | {phases} | eta {eta:.0f}s",
-            file=sys.stdout,
-            flush=True,
-        )
+        values = scalars(metrics)
+        if self._ray is not None:
+            self._ray.write({"step": float(step), **values})
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+        self.progress.step(step, metrics)
 
     def close(self) -> None:
+        global _display
+        if _display is self.progress:
+            _display = None
+        self.progress.close()
         self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _start_wandb(run_dir: Path) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise RuntimeError(
+            "monitor.wandb is true but the wandb package is not installed (pip install wandb)"
+        ) from None
+    import yaml
+
+    config_path = run_dir / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else None
+    return wandb.init(name=run_dir.resolve().name, dir=str(run_dir), config=config)
 
 
 def sample_metrics(samples: list, prefix: str = "reward") -> dict[str, float]:

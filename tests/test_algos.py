@@ -160,6 +160,41 @@ def test_advantage_shape_mismatch_raises():
         algos.grpo_advantage(torch.zeros(3), torch.zeros(2, dtype=torch.long))
 
 
+def test_per_domain_normalisation_closed_form_and_balance():
+    # Domain 0 (e.g. math, 0/1 rewards) has advantages of size 3, domain 1 (instruction fractions)
+    # of size 0.1; a constant domain 2 stays exactly zero. After normalisation both live domains
+    # have zero mean and unit RMS, so neither drowns the other.
+    adv = _t([3.0, -3.0, 3.0, -3.0, 0.1, -0.1, 0.2, 0.0, 0.5, 0.5])
+    domains = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    out = algos.normalize_advantages_per_domain(adv, domains, eps=0.0)
+    torch.testing.assert_close(out[:4], _t([1.0, -1.0, 1.0, -1.0]), rtol=0, atol=1e-12)
+    # domain 1: mean 0.05, centered [0.05, -0.15, 0.15, -0.05], population std sqrt(0.0125)
+    torch.testing.assert_close(out[4:8], _t([0.05, -0.15, 0.15, -0.05]) / math.sqrt(0.0125), rtol=0, atol=1e-12)
+    assert torch.equal(out[8:], torch.zeros(2, dtype=torch.float64))
+    for d in (0, 1):
+        part = out[domains == d]
+        assert abs(float(part.mean())) < 1e-12 and abs(float(part.square().mean()) - 1.0) < 1e-12
+
+
+def test_per_domain_normalisation_matches_loop_and_keeps_dtype():
+    gen = torch.Generator().manual_seed(1)
+    domains = torch.tensor([2, 0, 0, 5, 2, 0, 5, 5, 2, 9])  # non-contiguous ids, a singleton domain
+    adv = torch.randn(domains.numel(), generator=gen, dtype=torch.float32)
+    out = algos.normalize_advantages_per_domain(adv, domains)
+    assert out.dtype == torch.float32 and out.shape == adv.shape
+    expected = []
+    for i, d in enumerate(domains.tolist()):
+        vals = [a for a, dd in zip(adv.tolist(), domains.tolist()) if dd == d]
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+        expected.append(0.0 if std == 0 else (adv[i].item() - mean) / (std + 1e-6))
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32), rtol=1e-5, atol=1e-6)
+    assert out[domains == 9].item() == 0.0
+    # One domain only: the same as whitening the whole batch.
+    whole = algos.normalize_advantages_per_domain(adv, torch.zeros_like(domains), eps=0.0)
+    torch.testing.assert_close(whole, (adv - adv.mean()) / adv.std(unbiased=False), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Policy losses
 # ----------------------------------------------------------------------------------------------------

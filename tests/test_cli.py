@@ -1,5 +1,7 @@
 """The driver's command line: validation errors exit 2 and name the key; --dry-run plans only."""
 
+import json
+
 import pytest
 
 import run_rl
@@ -39,3 +41,22 @@ def test_dry_run_does_not_bootstrap(tmp_path, capsys):
     assert run_rl.main([f"model.path={missing}", f"run.dir={tmp_path}/run", "--dry-run"]) == 0
     assert "to be bootstrapped" in capsys.readouterr().out
     assert not missing.exists()
+
+
+def test_dry_run_stops_on_an_empty_dataset_naming_it(tmp_path):
+    empty = tmp_path / "prompts.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        run_rl.main([f"model.path={tmp_path}/ckpt", f"run.dir={tmp_path}/run", f"data.datasets=[{empty}]", "--dry-run"])
+    assert exc.value.code == f"error: dataset '{empty}' is empty"
+
+
+def test_dry_run_validates_datasets_and_reports_skipped_rows(tmp_path, capsys):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "domain": "math", "prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"id": "p0", "domain": "math", "prompt": "x"}]))
+    code = run_rl.main([f"model.path={tmp_path}/ckpt", f"run.dir={tmp_path}/run", f"data.datasets=[{path}]", "--dry-run"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"dataset {path}: 20 of 21 rows kept; skipped: missing_field 1" in out
+    assert "20 train /" not in out and " train / " in out  # some rows are held out

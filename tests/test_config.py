@@ -323,3 +323,18 @@ def test_parse_cli_help_exits_0_and_lists_keys(capsys):
     assert "--ray-address ADDR" in out and "--dry-run" in out
     assert re.search(r"^  train\.lr\s+float", out, re.MULTILINE)
     assert re.search(r"^  eval\.after\s+bool", out, re.MULTILINE)
+
+
+def test_reward_lists_and_their_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text('reward:\n  custom: ["my_pkg.mod:fn", "rewards/x.py:g"]\n  routes: ["math=math:1.0,format:0.1"]\n')
+    cfg = load_config(path, ["reward.timeout_s=2.5", "train.advantage_norm_per_domain=true"])
+    assert cfg.reward.custom == ("my_pkg.mod:fn", "rewards/x.py:g")
+    assert cfg.reward.routes == ("math=math:1.0,format:0.1",)
+    assert (cfg.reward.timeout_s, cfg.train.advantage_norm_per_domain) == (2.5, True)
+    with pytest.raises(ConfigError, match=re.escape("config key 'reward.routes[1]': route 'math=math:x'")):
+        load_config(None, ['reward.routes=["code=code", "math=math:x"]'])
+    with pytest.raises(ConfigError, match=re.escape("config key 'reward.timeout_s' must be > 0, got 0.0")):
+        load_config(None, ["reward.timeout_s=0"])
+    with pytest.raises(ConfigError, match=re.escape("config key 'reward.custom[0]' expects str, got int 3")):
+        load_config(None, ["reward.custom=[3]"])

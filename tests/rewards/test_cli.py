@@ -15,7 +15,8 @@ ROWS = [
     "{this is not json",
     {"id": "m2", "domain": "math", "prompt": "Half?", "completion": "The answer is 0.4.", "answer": "\\frac{1}{2}"},
     {"id": "i1", "domain": "instruction", "prompt": "Be quiet.", "completion": "hello, world",
-     "constraints": [{"type": "lowercase"}, {"type": "no_commas"}], "source": "unit-test"},
+     "constraints": {"instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"],
+                     "kwargs": [{}, {}]}, "source": "unit-test"},
     "",
     {"id": "m3", "domain": "math", "prompt": "1+1?", "answer": "2"},
     {"id": "c1", "domain": "cooking", "prompt": "Soup?", "completion": "Salt."},
@@ -41,7 +42,9 @@ def test_score_file_end_to_end(tmp_path):
     assert [r.get("id", r.get("line")) for r in out] == ["m1", 2, "m2", "i1", "m3", "c1", "m4"]
     assert [r["score"] for r in out] == [1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
     assert out[0]["components"] == {"math": 1.0, "math/correct": 1.0, "math/extracted": 1.0}
-    assert out[3]["components"] == {"instruction": 0.5, "instruction/0:lowercase": 1.0, "instruction/1:no_commas": 0.0}
+    assert out[3]["components"] == {
+        "instruction": 0.5, "instruction/0:change_case:english_lowercase": 1.0, "instruction/1:punctuation:no_comma": 0.0
+    }
     assert out[3]["source"] == "unit-test"  # extra fields pass through
     errors = {r.get("id", r.get("line")): r.get("error", "") for r in out}
     assert "line 2: invalid JSON" in errors[2]
@@ -84,5 +87,5 @@ def test_unknown_routed_reward_stops_before_scoring(tmp_path, capsys):
     src = tmp_path / "rows.jsonl"
     src.write_text(json.dumps(ROWS[0]) + "\n")
     assert main(["score", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--route", "math=nope"]) == 2
-    assert "unknown reward(s) in --route: ['nope']" in capsys.readouterr().err
+    assert "route for domain 'math' names unknown reward(s) ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

@@ -1,0 +1,282 @@
+"""Iterative hard-example mining: spend rollouts on the prompts the current policy can learn from.
+
+A GRPO group whose completions all pass or all fail has zero advantage and teaches nothing. The
+miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it four ways:
+
+* offline pass: before RL, k samples per train prompt estimate its pass rate with the starting
+  policy; prompts outside the learnable band (too_hard_max, solved_min) are parked;
+* online dynamic sampling (DAPO, Yu et al. 2025, arXiv:2503.14476, made durable by the ledger):
+  each step draws prompts from the `learnable` and `unseen` bands, weighted by 4 p (1 - p) (the
+  chance-scaled reward variance of a pass rate p; unseen prompts count as p = 0.5 at half weight),
+  drops zero-variance groups, and draws again until the batch is full or the draw budget
+  (`overdraw_budget` x prompts_per_step prompts) is spent; then it trains on what it has and
+  records the short batch, never aborting;
+* re-mining: every K steps a random sample of `too_hard` and `solved` prompts is re-estimated
+  with the current policy, moving prompts back into the learnable band as the policy changes;
+* domain quotas: each draw is split across domains by share_d = floor + (1 - D floor) s_d / sum s,
+  s_d = (learnable + unseen share of domain d) x (1 - mean pass rate of d), i.e. toward domains
+  with more prompts left to learn and more headroom, never below the floor (the see-saw problem);
+  or by fixed weights.
+
+With mining disabled it is the plain baseline: shuffled epochs (`EpochSampler`), one draw of
+prompts_per_step prompts, zero-variance groups dropped; the ledger and metrics are kept either way.
+
+Everything here is plain Python: `generate_and_score(rows, n)` (n scored Samples per row) is the
+only link to the policy, so the miner runs the same with Ray actors or a scripted policy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from data_mining.filters import filter_groups
+from data_mining.ledger import BANDS, Ledger
+from data_mining.sampler import EpochSampler, rng_state, set_rng_state
+from rl.config import Config, MiningConfig
+from rl.types import Sample
+
+GenerateAndScore = Callable[[list[dict[str, Any]], int], list[Sample]]
+UNSEEN_WEIGHT = 0.5  # an unseen prompt's draw weight, against 4 p (1 - p) <= 1 for a learnable one
+OFFLINE_CHUNK = 256  # prompts per generate call in the offline pass
+
+
+@dataclass
+class StepBatch:
+    train: list[Sample]  # the samples of the groups the update uses
+    generated: list[Sample]  # every sample drawn for training this step (re-mining excluded)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _useful(samples: list[Sample]) -> int:
+    """Number of groups (prompts) with non-zero reward variance."""
+    rewards: dict[str, set] = {}
+    for s in samples:
+        rewards.setdefault(s.prompt_id, set()).add(s.reward)
+    return sum(len(r) > 1 for r in rewards.values())
+
+
+def _weighted_sample(rng: random.Random, items: list[tuple[str, float]], k: int) -> list[str]:
+    """k distinct items, drawn with probability proportional to weight (keys u**(1/w))."""
+    keyed = ((rng.random() ** (1.0 / w), pid) for pid, w in items if w > 0)
+    return [pid for _, pid in heapq.nlargest(k, keyed)]
+
+
+def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[str, int]:
+    """Split n slots across domains in proportion to `shares` (Sainte-Lague: each next slot goes to
+    the open domain with the largest share / (2 alloc + 1)), never past a domain's cap."""
+    alloc = {d: 0 for d in shares}
+    for _ in range(min(n, sum(caps.values()))):
+        open_ = [d for d in shares if alloc[d] < caps.get(d, 0) and shares[d] > 0]
+        if not open_:
+            break
+        best = max(open_, key=lambda d: shares[d] / (2 * alloc[d] + 1))
+        alloc[best] += 1
+    return alloc
+
+
+class Miner:
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        cfg: MiningConfig,
+        prompts_per_step: int,
+        samples_per_prompt: int,
+        seed: int = 0,
+        drop_zero_variance: bool = True,
+        sampler: EpochSampler | None = None,
+    ) -> None:
+        if not rows:
+            raise ValueError("the train prompt pool is empty")
+        self.cfg = cfg
+        self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
+        self.drop_zero_variance = drop_zero_variance
+        self.rows = {r["id"]: r for r in rows}
+        self.base_weight = {r["id"]: float(r.get("weight", 1.0)) for r in rows}
+        self.by_domain: dict[str, list[str]] = {}
+        for r in rows:
+            self.by_domain.setdefault(r["domain"], []).append(r["id"])
+        self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.decay)
+        for r in rows:
+            self.ledger.add(r["id"], r["domain"])
+        weights = [self.base_weight[r["id"]] for r in rows] if any("weight" in r for r in rows) else None
+        self.sampler = sampler or EpochSampler(rows, seed=seed, weights=weights)
+        self.rng = random.Random(seed)
+        self.fixed_weights = {d: float(w) for d, _, w in (t.partition("=") for t in cfg.domain_weights)}
+        self.keep_rate = 1.0  # running share of drawn groups that were useful; sizes the next draw
+        self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
+
+    @classmethod
+    def from_config(cls, cfg: Config, rows: list[dict[str, Any]], sampler: EpochSampler | None = None) -> "Miner":
+        return cls(rows, cfg.mining, cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt,
+                   seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler)
+
+    # --- offline pass and re-mining ------------------------------------------------------------
+
+    def offline_pass(self, generate_and_score: GenerateAndScore, step: int = 0) -> dict[str, float]:
+        """Estimate every pool prompt's pass rate with `estimate_samples` samples; record them."""
+        ids = list(self.rows)
+        spent = 0
+        for i in range(0, len(ids), OFFLINE_CHUNK):
+            samples = generate_and_score([self.rows[p] for p in ids[i:i + OFFLINE_CHUNK]], self.cfg.estimate_samples)
+            self.ledger.record_samples(samples, step)
+            spent += len(samples)
+        self.totals["rollouts"] += spent
+        return {"mining/offline_rollouts": float(spent), **self.band_metrics()}
+
+    def remine(self, step: int, generate_and_score: GenerateAndScore) -> dict[str, float]:
+        """Re-estimate a random sample of parked (too_hard, solved) prompts; count band moves."""
+        parked = [p for p in self.rows if self.ledger.entries[p].band in ("too_hard", "solved")]
+        chosen = self.rng.sample(parked, min(self.cfg.remine_prompts, len(parked)))
+        metrics = {"mining/remined_prompts": float(len(chosen)), "mining/remine_moves": 0.0}
+        if not chosen:
+            return metrics
+        samples = generate_and_score([self.rows[p] for p in chosen], self.cfg.estimate_samples)
+        self.totals["rollouts"] += len(samples)
+        metrics["mining/remine_rollouts"] = float(len(samples))
+        for _, old, new in self.ledger.record_samples(samples, step):
+            if old != new:
+                metrics["mining/remine_moves"] += 1
+                key = f"mining/moves/{old}_to_{new}"
+                metrics[key] = metrics.get(key, 0.0) + 1
+        return metrics
+
+    # --- drawing -------------------------------------------------------------------------------
+
+    def domain_shares(self) -> dict[str, float]:
+        domains = sorted(self.by_domain)
+        if self.cfg.domain_mixing == "fixed":
+            raw = {d: self.fixed_weights.get(d, 1.0) for d in domains}
+            total = sum(raw.values())
+            return {d: (w / total if total > 0 else 1.0 / len(domains)) for d, w in raw.items()}
+        score = {}
+        for d in domains:
+            entries = [self.ledger.entries[p] for p in self.by_domain[d]]
+            open_share = sum(e.band in ("learnable", "unseen") for e in entries) / len(entries)
+            rates = [e.pass_rate for e in entries if e.pass_rate is not None]
+            score[d] = open_share * (1.0 - (sum(rates) / len(rates) if rates else 0.5))
+        floor = self.cfg.domain_floor if self.cfg.domain_floor * len(domains) < 1 else 1.0 / len(domains)
+        total = sum(score.values())
+        return {d: floor + (1 - floor * len(domains)) * (score[d] / total if total > 0 else 1.0 / len(domains))
+                for d in domains}
+
+    def _draw_weight(self, pid: str) -> float:
+        e = self.ledger.entries[pid]
+        if e.band == "unseen":
+            return self.base_weight[pid] * UNSEEN_WEIGHT
+        if e.band == "learnable":
+            p = e.pass_rate
+            return self.base_weight[pid] * 4 * p * (1 - p)
+        return 0.0
+
+    def draw(self, n: int, exclude: set[str]) -> list[dict[str, Any]]:
+        """Up to n prompts from the learnable and unseen bands, split by the domain shares. When
+        those bands are empty, the parked prompts seen longest ago (their evidence is stalest)."""
+        candidates = {
+            d: [(p, w) for p in ids if p not in exclude and (w := self._draw_weight(p)) > 0]
+            for d, ids in self.by_domain.items()
+        }
+        if not any(candidates.values()):
+            stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
+            return [self.rows[p] for p in stale[:n]]
+        quotas = apportion(n, self.domain_shares(), {d: len(c) for d, c in candidates.items()})
+        picked = [p for d in sorted(quotas) for p in _weighted_sample(self.rng, candidates[d], quotas[d])]
+        return [self.rows[p] for p in picked]
+
+    def next_batch(self, step: int, generate_and_score: GenerateAndScore) -> StepBatch:
+        """Draw, generate, score and filter until prompts_per_step useful groups (or the budget)."""
+        cfg, target = self.cfg, self.prompts_per_step
+        metrics: dict[str, float] = {}
+        spent_before = self.totals["rollouts"]
+        if cfg.enabled and cfg.remine_every:
+            metrics["mining/remine_moves"] = 0.0
+            if step > 0 and step % cfg.remine_every == 0:
+                metrics.update(self.remine(step, generate_and_score))
+        budget = math.floor(cfg.overdraw_budget * target) if cfg.enabled else target
+        generated: list[Sample] = []
+        train: list[Sample] = []
+        reasons: Counter = Counter()
+        drawn: set[str] = set()
+        useful = rounds = 0
+        while useful < target and len(drawn) < budget:
+            need = target - useful
+            if cfg.enabled:
+                rows = self.draw(min(math.ceil(need / max(self.keep_rate, 0.25)), budget - len(drawn)), drawn)
+            else:
+                rows = self.sampler.next(need)
+            if not rows:
+                break
+            drawn.update(r["id"] for r in rows)
+            samples = generate_and_score(rows, self.samples_per_prompt)
+            rounds += 1
+            generated += samples
+            self.ledger.record_samples(samples, step)
+            kept, stats = filter_groups(samples)
+            reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
+            found = _useful(samples)
+            useful += found
+            train += kept if self.drop_zero_variance else samples
+            if not cfg.enabled:
+                break
+            self.keep_rate = 0.7 * self.keep_rate + 0.3 * found / len(rows)
+        groups = int(sum(reasons.values()))  # every group drawn for training this step
+        train_groups = len({s.prompt_id for s in train})
+        self.totals["rollouts"] += len(generated)
+        self.totals["useful_groups"] += useful
+        short = cfg.enabled and useful < target
+        self.totals["short_batches"] += short
+        spent = self.totals["rollouts"] - spent_before
+        metrics.update({
+            **reasons,
+            "filter/zero_variance_fraction": 1.0 - useful / max(1, groups),
+            "mining/zero_variance_fraction_before": 1.0 - useful / max(1, groups),
+            "mining/zero_variance_fraction_after": 1.0 - useful / max(1, train_groups) if train_groups else 0.0,
+            "mining/prompts_drawn": float(len(drawn)),
+            "mining/draw_rounds": float(rounds),
+            "mining/rollouts": float(spent),
+            "mining/useful_groups": float(useful),
+            "mining/short_batch": float(short),
+            "mining/keep_rate": self.keep_rate,
+            "mining/total_rollouts_per_useful_group": self.totals["rollouts"] / max(1, self.totals["useful_groups"]),
+            **self.band_metrics(),
+        })
+        if useful:
+            metrics["mining/rollouts_per_useful_group"] = spent / useful
+        if cfg.enabled:
+            metrics.update({f"mining/quota/{d}": s for d, s in self.domain_shares().items()})
+        return StepBatch(train, generated, metrics)
+
+    def band_metrics(self) -> dict[str, float]:
+        return {f"mining/band/{b}/{d}": float(n) for (b, d), n in sorted(self.ledger.band_counts().items())
+                if b in BANDS}
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
+                "totals": dict(self.totals)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        set_rng_state(self.rng, state["rng"])
+        self.sampler.load_state(state["sampler"])
+        self.keep_rate = state["keep_rate"]
+        self.totals = Counter(state["totals"])
+
+    def save(self, path: str | Path) -> Path:
+        """Ledger and sampler state into `path` (a directory gets `ledger.parquet`)."""
+        return self.ledger.save(path, self.state())
+
+    def load(self, path: str | Path) -> None:
+        """Restore what `save` wrote; pool prompts the saved ledger lacks start unseen."""
+        ledger, state = Ledger.load(path)
+        if state is None:
+            raise ValueError(f"{str(path)!r} holds a ledger without sampler state")
+        for pid, entry in self.ledger.entries.items():
+            ledger.entries.setdefault(pid, entry)
+        self.ledger = ledger
+        self.load_state(state)

@@ -1,0 +1,319 @@
+"""Code reward: run the completion's program against the row's tests in the sandbox.
+
+Reference fields: `tests`, either a list of assert statements or a test program (HumanEval style,
+`def check(candidate): ...` followed by `check(<entry_point>)`, the call being added when the row
+gives `entry_point` and the program does not make it); optional `entry_point`.
+
+A completion passes only if the tests ran to their end. Exit status and stdout can be forged by
+the program (`os._exit(0)`, `atexit`, printing "passed"), so the harness reports a pass by writing
+a per-run random nonce to a private pipe (fd 4) after the last test; the nonce reaches the sandbox
+through an anonymous memory file and is never in the program's globals, files, argv or output.
+Equality can be forged too (an object whose `__eq__` is always true, patched builtins), so:
+
+- builtins, and the attributes of every module already imported, are restored after the
+  candidate's top-level code ran, and the tests get their own copy of the builtins;
+  names the candidate defines that shadow builtins are not visible to the tests;
+- every comparison (`== != < <= > >= in, not in`) and every `assert` condition in the tests is
+  rewritten to a strict form: values are first reduced to plain builtin data (subclasses of int,
+  str, list, dict, ... are read through the base type's own methods, so `class F(int)` with a
+  forged `__eq__` compares as its int value; numpy values through `tolist()`); comparing plain
+  data with anything else raises, and an `assert` on a non-plain value fails.
+
+What this does not stop: a program that inspects the harness's own frames to read the nonce. That
+needs knowledge of this harness, not a generic trick, and the sandbox still contains its effects.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import secrets
+import signal
+from concurrent.futures import Future
+
+from rewards.registry import RewardResult, reward
+from rewards.sandbox import ExecResult, Limits, default_pool, run_python
+from rl.types import Sample
+
+LIMITS = Limits(wall_s=5.0, cpu_s=4.0)
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_COMPARE_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
+                ast.In: "in", ast.NotIn: "not in"}
+
+
+def extract_program(completion: str) -> str:
+    """The last ```python (or ```py) block; else the last unlabelled fenced block; else the text."""
+    blocks = _FENCE.findall(completion)
+    python = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    plain = [body for lang, body in blocks if not lang]
+    if python:
+        return python[-1]
+    if plain:
+        return plain[-1]
+    return completion
+
+
+class _Strict(ast.NodeTransformer):
+    """Rewrites comparisons to `__sbx_cmp__(ops, *operands)` and assert conditions to
+    `__sbx_truth__(cond)` (also the operands of `and`/`or`/`not` inside them)."""
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        if not all(type(op) in _COMPARE_OPS for op in node.ops):
+            return node
+        ops = ast.Tuple([ast.Constant(_COMPARE_OPS[type(op)]) for op in node.ops], ast.Load())
+        return ast.Call(ast.Name("__sbx_cmp__", ast.Load()), [ops, node.left, *node.comparators], [])
+
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        self.generic_visit(node)
+        node.test = _truth(node.test)
+        return node
+
+
+def _truth(node: ast.expr) -> ast.expr:
+    if isinstance(node, ast.BoolOp):
+        return ast.BoolOp(node.op, [_truth(v) for v in node.values])
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return ast.UnaryOp(ast.Not(), _truth(node.operand))
+    return ast.Call(ast.Name("__sbx_truth__", ast.Load()), [node], [])
+
+
+def build_test_program(tests, entry_point: str | None = None) -> str:
+    """The strict test program for a row's `tests`; ValueError if they are malformed."""
+    if isinstance(tests, list):
+        if not all(isinstance(t, str) for t in tests):
+            raise ValueError("tests: a list must hold assert statements as strings")
+        tests = "\n".join(tests)
+    if not isinstance(tests, str) or not tests.strip():
+        raise ValueError(f"tests must be a non-empty string or list of strings, got {type(tests).__name__}")
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError as exc:
+        raise ValueError(f"tests do not parse: {exc}") from None
+    defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+    calls_check = any(
+        isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
+        and isinstance(n.value.func, ast.Name) and n.value.func.id == "check"
+        for n in tree.body
+    )
+    if defines_check and not calls_check:
+        if not entry_point:
+            raise ValueError("tests define check(candidate) but never call it, and there is no entry_point")
+        if not entry_point.isidentifier():
+            raise ValueError(f"entry_point {entry_point!r} is not an identifier")
+        tree.body.append(ast.parse(f"check({entry_point})").body[0])
+    tree = ast.fix_missing_locations(_Strict().visit(tree))
+    return ast.unparse(tree)
+
+
+# Runs inside the sandbox as __main__; `__sandbox_data__` holds the JSON payload.
+HARNESS = r'''
+import builtins as _builtins, json as _json, os as _os, sys as _sys, threading as _threading, traceback as _tb
+
+
+def _strict_helpers(_type=type, _isinstance=isinstance, _len=len, _bool=bool, _zip=zip, _all=all,
+                    _TypeError=TypeError, _getattr=getattr):
+    """Comparison helpers bound to builtins captured before the candidate ran."""
+    import operator as _op
+    _scalars = (int, float, complex, str, bytes, bool, type(None), range)
+    _bases = (int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+    _exact = {int: int.__int__, float: float.__float__, complex: lambda v: complex.__complex__(v),
+              str: str.__str__, bytes: lambda v: bytes.__getitem__(v, slice(None)),
+              list: list.copy, tuple: lambda v: tuple.__getitem__(v, slice(None)),
+              dict: dict.copy, set: set.copy, frozenset: lambda v: frozenset(set.union(set(), v))}
+    _ops = {"==": _op.eq, "!=": _op.ne, "<": _op.lt, "<=": _op.le, ">": _op.gt, ">=": _op.ge,
+            "in": lambda a, b: _op.contains(b, a), "not in": lambda a, b: not _op.contains(b, a)}
+    _views = (type({}.keys()), type({}.values()), type({}.items()))
+    _missing = object()
+
+    def plain(v, depth=0):
+        """v as plain builtin data, or _missing when it is something else."""
+        t = _type(v)
+        if t in _scalars:
+            return v
+        if t in (list, tuple, set, frozenset) or t in _views:
+            items = [plain(x, depth + 1) for x in v]
+            if any(x is _missing for x in items):
+                return _missing
+            return v if t in _views else t(items) if t is not list else items
+        if t is dict:
+            pairs = [(plain(k, depth + 1), plain(x, depth + 1)) for k, x in dict.items(v)]
+            if any(k is _missing or x is _missing for k, x in pairs):
+                return _missing
+            return dict(pairs)
+        for base in _bases:
+            if _isinstance(v, base):
+                return plain(_exact[base](v), depth + 1)
+        if _getattr(t, "__module__", "").split(".")[0] == "numpy" and _getattr(v, "tolist", None) is not None:
+            converted = v.tolist()
+            return _missing if _type(converted).__module__ == "numpy" else plain(converted, depth + 1)
+        return _missing
+
+    def cmp(ops, *operands):
+        values = [plain(x) for x in operands]
+        for i, op in enumerate(ops):
+            a, b = values[i], values[i + 1]
+            if a is _missing and b is _missing:
+                ok = _ops[op](operands[i], operands[i + 1])
+            elif a is _missing or b is _missing:
+                raise _TypeError(f"test compared plain data with a {_type(operands[i] if a is _missing else operands[i + 1]).__name__}")
+            else:
+                ok = _ops[op](a, b)
+            if not ok:
+                return False
+        return True
+
+    def truth(v):
+        p = plain(v)
+        if p is _missing:
+            raise _TypeError(f"assert on a {_type(v).__name__}, not plain data")
+        return _bool(p)
+
+    return cmp, truth
+
+
+def _run(data):
+    payload = _json.loads(data)
+    token = b"PASS " + payload.pop("nonce").encode()
+    del data
+    write, exit_, print_exception = _os.write, _os._exit, _tb.print_exception
+    cmp, truth = _strict_helpers()
+
+    def finish(kind, exc=None):
+        if exc is not None:
+            try:
+                print_exception(type(exc), exc, exc.__traceback__)
+            except BaseException:
+                pass
+        try:
+            _sys.stdout.flush()
+            _sys.stderr.flush()
+        except BaseException:
+            pass
+        if kind == "pass":
+            write(4, token)
+            exit_(0)
+        write(4, b"FAIL " + kind.encode())
+        exit_(1)
+
+    try:
+        tests = compile(payload["tests"], "<tests>", "exec")
+        candidate = compile(payload["program"], "<candidate>", "exec")
+    except BaseException as exc:
+        finish("syntax", exc)
+    clean_builtins = dict(vars(_builtins))
+    modules = {name: (m, dict(vars(m))) for name, m in list(_sys.modules.items()) if m is not None}
+    main = type(_sys)("__main__")
+    _sys.modules["__main__"] = main
+    try:
+        exec(candidate, main.__dict__)
+    except SystemExit as exc:
+        finish("exit", None)
+    except BaseException as exc:
+        finish("candidate_error", exc)
+    # Undo what the candidate's top level may have done to the tests' environment.
+    _sys.settrace(None)
+    _sys.setprofile(None)
+    _threading.settrace(None)
+    _threading.setprofile(None)
+    current_builtins = vars(_builtins)
+    for name in [k for k in current_builtins if k not in clean_builtins]:
+        del current_builtins[name]
+    current_builtins.update(clean_builtins)
+    for name, (module, saved) in modules.items():
+        _sys.modules[name] = module
+        current = vars(module)
+        for key, value in saved.items():
+            if current.get(key, _restore_missing) is not value:
+                current[key] = value
+    entry = payload.get("entry_point")
+    names = {k: v for k, v in main.__dict__.items()
+             if not (k.startswith("__") and k.endswith("__")) and (k not in clean_builtins or k == entry)}
+    test_globals = {**names, "__name__": "__main__", "__builtins__": dict(clean_builtins),
+                    "__sbx_cmp__": cmp, "__sbx_truth__": truth}
+    try:
+        exec(tests, test_globals)
+    except AssertionError as exc:
+        finish("assertion", exc)
+    except SystemExit:
+        finish("exit")
+    except BaseException as exc:
+        finish("test_error", exc)
+    finish("pass")
+
+
+_restore_missing = object()
+_run(globals().pop("__sandbox_data__"))
+'''
+
+
+def _prepare(program: str, tests, entry_point: str | None) -> tuple[bytes, bytes]:
+    """The harness payload and the channel bytes that mean "passed" (it holds a fresh nonce)."""
+    test_program = build_test_program(tests, entry_point)
+    nonce = secrets.token_hex(16)
+    data = json.dumps({"program": program, "tests": test_program, "entry_point": entry_point, "nonce": nonce})
+    return data.encode(), b"PASS " + nonce.encode()
+
+
+def _verdict(result: ExecResult, pass_token: bytes) -> tuple[bool, str]:
+    if result.channel == pass_token and result.exit_code == 0:
+        return True, "pass"
+    if result.timed_out or result.signal == signal.SIGXCPU:
+        return False, "timeout"
+    if result.output_exceeded:
+        return False, "output_limit"
+    if result.channel.startswith(b"FAIL "):
+        return False, result.channel[5:].decode("ascii", "replace")
+    return False, "crash"
+
+
+def run_tests(program: str, tests, entry_point: str | None = None, limits: Limits = LIMITS) -> tuple[bool, str, ExecResult]:
+    """Run `program` then the strict form of `tests`; return (passed, outcome, sandbox result).
+
+    outcome: "pass", "assertion" (a test failed), "syntax", "candidate_error" (the program raised),
+    "test_error" (a test raised something else), "exit" (SystemExit), "timeout", "output_limit",
+    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests."""
+    data, pass_token = _prepare(program, tests, entry_point)
+    result = run_python(HARNESS, limits, data)
+    return (*_verdict(result, pass_token), result)
+
+
+def _result(passed: bool, outcome: str) -> RewardResult:
+    return RewardResult(
+        float(passed),
+        {
+            "passed_tests": float(passed),
+            "timeout": float(outcome == "timeout"),
+            "error": float(outcome not in ("pass", "assertion", "timeout")),
+        },
+        passed,
+    )
+
+
+@reward("code", batched=True)
+def code_reward(samples: list[Sample]) -> list[RewardResult]:
+    """1.0 when the completion's program passes every test of its row, else 0.0; the batch runs
+    concurrently on the sandbox pool (one worker per usable CPU).
+
+    A row without valid `tests` raises when scored alone; inside a batch it scores 0 with
+    `error` 1 and a printed warning, so that one bad row does not cost the whole batch."""
+    pool = default_pool()
+    jobs: list[tuple[Future, bytes] | None] = []
+    for sample in samples:
+        try:
+            if "tests" not in sample.reference:
+                raise ValueError("code row has no 'tests' reference field")
+            data, pass_token = _prepare(
+                extract_program(sample.completion), sample.reference["tests"], sample.reference.get("entry_point")
+            )
+        except ValueError as exc:
+            if len(samples) == 1:
+                raise
+            print(f"[reward] code: prompt {sample.prompt_id}: {exc}", flush=True)
+            jobs.append(None)
+            continue
+        jobs.append((pool.submit(HARNESS, LIMITS, data), pass_token))
+    return [_result(False, "bad_tests") if job is None else _result(*_verdict(job[0].result(), job[1]))
+            for job in jobs]

@@ -1,0 +1,582 @@
+"""Run untrusted Python programs with hard limits, and a pool that runs many at once.
+
+    result = run_python("print(1 + 1)", Limits(wall_s=2))
+    result.ok, result.stdout  # True, "2\\n"
+
+Process layout (isolation "namespaces", the default where the kernel allows it):
+
+    host (this process) ── init (python -I) ──unshare(mnt, pid, net, ipc, uts)──▶ pid-1 init ──fork──▶ worker
+
+The pid-1 init makes every inherited mount read-only, mounts a fresh tmpfs (size-capped) on the
+empty working directory and on /dev/shm, and a private /proc; it then forks the worker, which sets
+its rlimits (CPU time, address space, processes, file size, open files), drops to an unprivileged
+uid used by no one else (when root), and runs the program in-process (no second interpreter start).
+The network namespace has only a down loopback device, so there is no network. When the worker
+ends or the wall limit passes, pid-1 init exits and the kernel kills every process left in the pid
+namespace, including children that called setsid or double-forked. The host kills the whole process
+group as a backup one second after the wall limit, and kills at once when stdout or stderr exceeds
+its cap. Stdin is /dev/null.
+
+Fallbacks, chosen once by `isolation()` by probing: without namespaces but as root, "uid" runs the
+worker as a fresh uid and kills every process of that uid at the end (kill(-1) as that uid), but
+files in world-writable directories (/tmp) and the network stay reachable; without either, "session"
+only has rlimits and a process-group kill, and a warning is printed. Non-root users get
+"namespaces" through a user namespace where the kernel allows unprivileged ones.
+
+The program sees `__sandbox_data__` (bytes, from the `data` argument) in its globals; data travels
+through an anonymous memory file, never a path or argv. File descriptor 4 is a side channel whose
+bytes come back as `ExecResult.channel` (for a harness's end marker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+GIB = 1 << 30
+MAX_MEMORY_BYTES = 4 * GIB
+UID_BASE = 1_700_000_000  # unprivileged uids no account uses; one per run so kills and counts stay per run
+ISOLATIONS = ("namespaces", "uid", "session")
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 5.0  # wall-clock seconds until the whole tree is killed
+    cpu_s: float = 4.0  # CPU seconds per process (RLIMIT_CPU)
+    memory_bytes: int = GIB  # address space per process (RLIMIT_AS), at most 4 GiB
+    processes: int = 16  # processes and threads of the sandbox uid (RLIMIT_NPROC)
+    file_bytes: int = 16 << 20  # largest file the program may write (RLIMIT_FSIZE)
+    disk_bytes: int = 64 << 20  # size of the working directory's tmpfs
+    open_files: int = 64  # RLIMIT_NOFILE
+    output_bytes: int = 1 << 20  # stdout and stderr each; more kills the program
+
+    def __post_init__(self) -> None:
+        if not 0 < self.memory_bytes <= MAX_MEMORY_BYTES:
+            raise ValueError(f"memory_bytes must be in (0, 4 GiB], got {self.memory_bytes}")
+        if self.wall_s <= 0 or self.cpu_s <= 0 or self.processes < 1:
+            raise ValueError(f"limits must be positive: {self}")
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None  # None when killed by a signal or never reported
+    signal: int | None = None  # the signal that ended the worker
+    timed_out: bool = False  # wall limit reached (CPU limit shows as signal SIGKILL/SIGXCPU)
+    output_exceeded: bool = False
+    stdout: str = ""
+    stderr: str = ""
+    channel: bytes = b""  # what the program wrote to fd 4
+    wall_s: float = 0.0
+    isolation: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.output_exceeded
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not be set up (not the program's fault)."""
+
+
+# ---------------------------------------------------------------- host side
+
+
+def run_python(source: str, limits: Limits = Limits(), data: bytes = b"", mode: str | None = None) -> ExecResult:
+    """Run `source` as `__main__` in a fresh sandbox and return what happened; never raises for
+    anything the program does (SandboxError only when the sandbox cannot start)."""
+    mode = mode or isolation()
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    uid = _next_uid() if os.geteuid() == 0 else None
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    os.chmod(workdir, 0o700)
+    payload = len(source.encode()).to_bytes(8, "big") + source.encode() + data
+    data_fd = os.memfd_create("sandbox-data", os.MFD_CLOEXEC)
+    chan_r, chan_w = os.pipe()
+    stat_r, stat_w = os.pipe()
+    try:
+        _write_all(data_fd, payload)
+        os.lseek(data_fd, 0, os.SEEK_SET)
+        config = {
+            "limits": asdict(limits), "isolation": mode, "workdir": workdir, "uid": uid,
+            "host_uid": os.getuid(), "host_gid": os.getgid(), "path": _import_path(),
+            "fds": {"data": data_fd, "channel": chan_w, "status": stat_w},
+        }
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _INIT_COMMAND, __file__, json.dumps(config)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(data_fd, chan_w, stat_w), start_new_session=True, cwd="/",
+            )
+        finally:
+            for fd in (data_fd, chan_w, stat_w):
+                os.close(fd)
+        result = _collect(proc, chan_r, stat_r, limits, start + limits.wall_s + 1.0)
+        result.wall_s = time.monotonic() - start
+        result.isolation = mode
+        return result
+    finally:
+        for fd in (chan_r, stat_r):
+            os.close(fd)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _import_path() -> list[str]:
+    """This interpreter's import path without the current directory: the sandbox skips `site`
+    (its .pth hooks cost tens of milliseconds a run) and gets site-packages from here instead."""
+    return [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+_uid_lock = threading.Lock()
+_uid_counter = 0
+
+
+def _next_uid() -> int:
+    """A uid for one run: distinct within this process, and across processes by the pid."""
+    global _uid_counter
+    with _uid_lock:
+        _uid_counter += 1
+        return UID_BASE + (os.getpid() % 100_000) * 1000 + _uid_counter % 1000
+
+
+def _collect(proc: subprocess.Popen, chan_r: int, stat_r: int, limits: Limits, deadline: float) -> ExecResult:
+    """Read the pipes until all close or the backup deadline; caps stdout/stderr."""
+    bufs = {"stdout": bytearray(), "stderr": bytearray(), "channel": bytearray(), "status": bytearray()}
+    caps = {"stdout": limits.output_bytes, "stderr": limits.output_bytes, "channel": 1 << 16, "status": 1 << 16}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    sel.register(chan_r, selectors.EVENT_READ, "channel")
+    sel.register(stat_r, selectors.EVENT_READ, "status")
+    timed_out = exceeded = False
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in sel.select(remaining):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = bufs[key.data]
+                room = caps[key.data] - len(buf)
+                buf += chunk[: max(room, 0)]
+                if len(chunk) > room and key.data in ("stdout", "stderr"):
+                    exceeded = True
+            if exceeded:
+                break
+    finally:
+        if timed_out or exceeded or proc.poll() is None:
+            _kill_group(proc)
+            _drain(sel, time.monotonic() + 1.0)  # EOF on every pipe: the killed tree is gone
+        sel.close()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    status = _parse_status(bytes(bufs["status"]))
+    if "setup_error" in status:
+        raise SandboxError(status["setup_error"])
+    return ExecResult(
+        exit_code=status.get("exit_code") if not (timed_out or exceeded) else None,
+        signal=status.get("signal"),
+        timed_out=timed_out or bool(status.get("timed_out")),
+        output_exceeded=exceeded,
+        stdout=bufs["stdout"].decode("utf-8", "replace"),
+        stderr=bufs["stderr"].decode("utf-8", "replace"),
+        channel=bytes(bufs["channel"]),
+    )
+
+
+def _drain(sel: selectors.BaseSelector, deadline: float) -> None:
+    """Discard what is left in the still-registered pipes until EOF or the deadline."""
+    while sel.get_map() and (remaining := deadline - time.monotonic()) > 0:
+        for key, _ in sel.select(remaining):
+            if not os.read(key.fd, 1 << 16):
+                sel.unregister(key.fd)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _parse_status(raw: bytes) -> dict:
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+_isolation: str | None = None
+_isolation_lock = threading.Lock()
+
+
+def isolation() -> str:
+    """The strongest isolation that works here: probed once per process ("namespaces", "uid" or
+    "session"); `REWARD_SANDBOX_ISOLATION` forces one."""
+    global _isolation
+    with _isolation_lock:
+        if _isolation is None:
+            forced = os.environ.get("REWARD_SANDBOX_ISOLATION")
+            if forced:
+                if forced not in ISOLATIONS:
+                    raise ValueError(f"REWARD_SANDBOX_ISOLATION={forced!r}; expected one of {ISOLATIONS}")
+                _isolation = forced
+            else:
+                _isolation = _probe()
+        return _isolation
+
+
+def _probe() -> str:
+    probe_limits = Limits(wall_s=10.0)
+    for mode in ("namespaces", "uid") if os.geteuid() == 0 else ("namespaces",):
+        try:
+            result = run_python("import json, decimal; print('ok')", probe_limits, mode=mode)
+        except SandboxError:
+            continue
+        if result.ok and result.stdout == "ok\n":
+            return mode
+    print("[sandbox] WARNING: no namespaces and not root: code runs with rlimits and a process-group "
+          "kill only (files, network and escaped daemons are not contained)", file=sys.stderr, flush=True)
+    return "session"
+
+
+class SandboxPool:
+    """Runs programs concurrently, one sandbox per task; `workers` defaults to the usable CPUs."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or len(os.sched_getaffinity(0))
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sandbox")
+
+    def submit(self, source: str, limits: Limits = Limits(), data: bytes = b"") -> Future:
+        return self._executor.submit(run_python, source, limits, data)
+
+    def map(self, jobs: list[tuple[str, Limits, bytes]]) -> list[ExecResult]:
+        """Run `(source, limits, data)` jobs; results in input order."""
+        return [f.result() for f in [self.submit(*job) for job in jobs]]
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+_pool: SandboxPool | None = None
+_pool_lock = threading.Lock()
+
+
+def default_pool() -> SandboxPool:
+    """A process-wide pool sized to the CPUs this process may use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = SandboxPool()
+        return _pool
+
+
+# ---------------------------------------------------------------- sandbox side
+# Everything below runs in the init process started by `run_python` (stdlib only, no threads).
+
+# The init loads this file by path (not as `rewards.sandbox`) so the worker's sys.path stays clean.
+_INIT_COMMAND = (
+    "import sys, importlib.util as u; s = u.spec_from_file_location('_sandbox_init', sys.argv[1]); "
+    "m = sys.modules[s.name] = u.module_from_spec(s); s.loader.exec_module(m); m._init_main(sys.argv[2])"
+)
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
+PR_SET_PDEATHSIG, MNT_DETACH = 1, 2
+_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+# Kernel file systems whose files only the real root may write; a failed read-only remount is harmless.
+_PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "securityfs", "debugfs", "tracefs",
+              "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "binfmt_misc", "efivarfs", "autofs"}
+WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    return libc, ctypes
+
+
+def _call(libc_fn, ctypes, what: str, *args) -> None:
+    if libc_fn(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _init_main(config_json: str) -> None:
+    """Entry point of the init process; reports on the status fd and exits."""
+    cfg = json.loads(config_json)
+    sys.path[:] = cfg["path"]
+    status_fd = cfg["fds"]["status"]
+    libc, ctypes = _libc()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the host died: so do we
+    try:
+        if cfg["isolation"] == "namespaces":
+            _enter_namespaces(cfg, libc, ctypes)  # returns only in the pid-1 init
+        if cfg["isolation"] == "namespaces":
+            _setup_mounts(cfg, libc, ctypes)
+    except OSError as exc:
+        _report(status_fd, {"setup_error": f"sandbox setup ({cfg['isolation']}): {exc}"})
+        os._exit(70)
+    worker = os.fork()
+    if worker == 0:
+        _worker_main(cfg)
+    for name in ("data", "channel"):
+        os.close(cfg["fds"][name])
+    status = _wait_worker(worker, cfg["limits"]["wall_s"])
+    if cfg["isolation"] == "uid":
+        _kill_uid(cfg["uid"])
+    _report(status_fd, status)
+    # In a pid namespace, init's exit kills every process still in it.
+    os._exit(0)
+
+
+def _enter_namespaces(cfg: dict, libc, ctypes) -> None:
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    userns = os.geteuid() != 0
+    _call(libc.unshare, ctypes, "unshare", flags | (CLONE_NEWUSER if userns else 0))
+    if userns:
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {cfg['host_uid']} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {cfg['host_gid']} 1")
+    child = os.fork()  # the first child of unshare(CLONE_NEWPID) is pid 1 of the new namespace
+    if child == 0:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        return
+    for name in ("data", "channel", "status"):
+        os.close(cfg["fds"][name])
+    _, wait_status = os.waitpid(child, 0)
+    os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
+
+
+def _setup_mounts(cfg: dict, libc, ctypes) -> None:
+    """Every mount read-only; fresh tmpfs on the workdir and /dev/shm; /proc for the new pid ns."""
+    _call(libc.mount, ctypes, "make mounts private", None, b"/", None, MS_REC | MS_PRIVATE, None)
+    if cfg["uid"] is not None:
+        _expose_interpreter(cfg["workdir"], libc, ctypes)
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    for fields in mounts:
+        point = _unescape(fields[4])
+        sep = fields.index("-")
+        fstype = fields[sep + 1]
+        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+        flags |= sum(bit for opt, bit in _MOUNT_FLAGS.items() if opt in fields[5].split(","))
+        try:
+            _call(libc.mount, ctypes, f"remount {point} read-only", None, point.encode(), None, flags, None)
+        except OSError:
+            if fstype not in _PSEUDO_FS and "rw" in fields[5].split(","):
+                raise
+    limits = cfg["limits"]
+    owner = f",uid={cfg['uid']},gid={cfg['uid']}" if cfg["uid"] is not None else ""
+    for point in (cfg["workdir"], "/dev/shm"):
+        if os.path.isdir(point):
+            opts = f"size={limits['disk_bytes']},mode=0700{owner}".encode()
+            _call(libc.mount, ctypes, f"tmpfs on {point}", b"tmpfs", point.encode(), b"tmpfs",
+                  MS_NOSUID | MS_NODEV, opts)
+    _call(libc.mount, ctypes, "mount /proc", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+
+
+def _hidden_ancestors() -> dict[str, set[str]]:
+    """Directories the sandbox uid cannot enter on the way to the interpreter's own files
+    (e.g. a Python under /root, mode 0700) -> their children on those paths."""
+    hidden: dict[str, set[str]] = {}
+    for path in {sys.base_prefix, sys.prefix, *sys.path}:
+        parts = os.path.abspath(path).split(os.sep)[1:]
+        for depth in range(1, len(parts)):
+            ancestor = os.sep + os.path.join(*parts[:depth])
+            try:
+                mode = os.stat(ancestor).st_mode
+            except OSError:
+                break
+            if not mode & 0o001:
+                hidden.setdefault(ancestor, set()).add(parts[depth])
+                break
+    return hidden
+
+
+def _expose_interpreter(staging: str, libc, ctypes) -> None:
+    """Replace each hidden directory by a tmpfs that holds bind mounts of only the children the
+    interpreter needs, so the unprivileged uid can import the standard library and site-packages
+    without seeing anything else there. `staging` (the empty workdir) holds the original meanwhile."""
+    for ancestor, children in _hidden_ancestors().items():
+        _call(libc.mount, ctypes, f"stage {ancestor}", ancestor.encode(), staging.encode(), None,
+              MS_BIND | MS_REC, None)
+        _call(libc.mount, ctypes, f"tmpfs on {ancestor}", b"tmpfs", ancestor.encode(), b"tmpfs",
+              MS_NOSUID | MS_NODEV, b"size=64k,mode=0755")
+        for child in sorted(children):
+            target = os.path.join(ancestor, child)
+            os.mkdir(target, 0o755)
+            _call(libc.mount, ctypes, f"bind {target}", os.path.join(staging, child).encode(), target.encode(),
+                  None, MS_BIND | MS_REC, None)
+        _call(libc.umount2, ctypes, f"unstage {ancestor}", staging.encode(), MNT_DETACH)
+
+
+def _unescape(path: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        path = path.replace(code, chr(int(code[1:], 8)))
+    return path
+
+
+def _wait_worker(worker: int, wall_s: float) -> dict:
+    def on_alarm(signum, frame):
+        raise _Deadline
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, wall_s)
+    try:
+        _, wait_status = os.waitpid(worker, 0)
+    except _Deadline:
+        os.kill(worker, signal.SIGKILL)
+        return {"exit_code": None, "signal": None, "timed_out": True}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if os.WIFSIGNALED(wait_status):
+        return {"exit_code": None, "signal": os.WTERMSIG(wait_status), "timed_out": False}
+    return {"exit_code": os.WEXITSTATUS(wait_status), "signal": None, "timed_out": False}
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process of `uid` (they are all this run's): kill(-1) as that uid, until none is left."""
+    killer = os.fork()
+    if killer == 0:
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            for _ in range(1000):
+                os.kill(-1, signal.SIGKILL)  # all processes this uid may signal, except the caller
+        except (ProcessLookupError, PermissionError):
+            os._exit(0)
+        os._exit(1)
+    os.waitpid(killer, 0)
+
+
+def _report(fd: int, status: dict) -> None:
+    os.write(fd, json.dumps(status).encode())
+    os.close(fd)
+
+
+def _worker_main(cfg: dict) -> None:
+    """The forked worker: limits, identity, then the program; never returns."""
+    try:
+        fds = cfg["fds"]
+        os.setsid()
+        os.close(fds["status"])
+        for sig in (signal.SIGALRM, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGXFSZ else signal.SIG_DFL)
+        # Move the fds out of the way first: data may already sit on 4, channel on 3.
+        import fcntl
+
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in (devnull, fds["data"], fds["channel"])]
+        for target, fd in enumerate(moved):
+            os.dup2(fd, (0, 3, 4)[target], inheritable=False)
+        os.closerange(5, 1 << 16)
+        _set_limits(cfg)
+        if cfg["uid"] is not None:
+            os.setgroups([])
+            os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
+            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+            libc, _ = _libc()
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a uid change clears it; init's death ends us
+        os.chdir(cfg["workdir"])
+        os.environ.clear()
+        os.environ.update(WORKER_ENV, HOME=cfg["workdir"], TMPDIR=cfg["workdir"])
+        with os.fdopen(3, "rb") as f:
+            raw = f.read()
+    except BaseException as exc:  # noqa: BLE001 - report and leave; nothing of the program ran yet
+        os.write(2, f"sandbox worker setup failed: {exc!r}\n".encode())
+        os._exit(71)
+    os._exit(_run_program(raw))
+
+
+def _set_limits(cfg: dict) -> None:
+    import resource
+
+    lim = cfg["limits"]
+    cpu = math.ceil(lim["cpu_s"])
+    # The soft limit sends SIGXCPU (which a program can catch); the hard one a second later SIGKILL.
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if cfg["uid"] is not None:  # counted per uid: only meaningful for a uid of our own
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
+
+
+def _run_program(raw: bytes) -> int:
+    """Run the program as `__main__` the way `python file.py` would; return its exit status."""
+    import traceback
+    import types
+
+    n = int.from_bytes(raw[:8], "big")
+    source, data = raw[8 : 8 + n].decode(), raw[8 + n :]
+    del raw
+    main = types.ModuleType("__main__")
+    main.__dict__["__sandbox_data__"] = data
+    sys.modules["__main__"] = main
+    sys.argv = ["<program>"]
+    code = 0
+    try:
+        exec(compile(source, "<program>", "exec"), main.__dict__)
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException as exc:  # noqa: BLE001 - the program's own error: print it like python does
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        code = 1
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001
+        code = code or 1
+    return code
+
+
+def _exit_code(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1

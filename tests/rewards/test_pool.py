@@ -1,0 +1,247 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from rewards.custom import RewardLoadError
+from rewards.pool import RewardPool, RewardWorker, score_samples, setup_rewards
+from rewards.registry import REWARDS, RewardResult, batched, reward
+from rl.types import Sample
+
+
+@pytest.fixture(autouse=True)
+def restore_registry():
+    saved = dict(REWARDS)
+    yield
+    REWARDS.clear()
+    REWARDS.update(saved)
+
+
+def _s(domain: str, completion: str, i: int = 0) -> Sample:
+    return Sample(f"p{i}", domain, "q", [1], completion=completion)
+
+
+def test_sync_async_and_batched_rewards_combine_in_order():
+    calls: list[list[str]] = []
+
+    @reward("t_len")
+    def length(sample):
+        return RewardResult(len(sample.completion) / 10)
+
+    @reward("t_async")
+    async def shouty(sample):
+        await asyncio.sleep(0.01)
+        return RewardResult(float(sample.completion.isupper()))
+
+    @reward("t_batch", batched=True, max_batch=3)
+    def exclaims(samples):
+        calls.append([s.completion for s in samples])
+        return [RewardResult(float(s.completion.endswith("!"))) if s.completion else None for s in samples]
+
+    routes = {"x": [("t_len", 1.0), ("t_async", 0.5)], "y": [("t_batch", 1.0)]}
+    samples = [_s("x", "AB", 0), _s("y", "hi!", 1), _s("x", "abcd", 2), _s("y", "no", 3),
+               _s("y", "yes!", 4), _s("y", "ok!", 5), _s("y", "", 6)]
+    scored, stats = score_samples(samples, routes, timeout_s=5.0, threads=2)
+    assert [s.reward for s in scored] == [0.2 + 0.5, 1.0, 0.4, 0.0, 1.0, 1.0, 0.0]
+    assert scored[0].reward_components == {"t_len": 0.2, "t_async": 1.0}
+    assert [s.passed for s in scored] == [False, True, False, False, True, True, False]
+    # Batched calls get at most max_batch samples each, in input order.
+    assert sorted(calls) == sorted([["hi!", "no", "yes!"], ["ok!", ""]])
+    # A batched reward answering None for a sample that no other reward scores is an error.
+    assert scored[6].reward_components == {"error": 1.0}
+    assert stats["reward/errors/x"] == 0.0 and stats["reward/errors/y"] == 1.0
+    assert stats["time/reward/x"] > 0 and "time/reward_compute" in stats
+
+
+def test_hanging_reward_times_out_scores_zero_and_run_goes_on(capsys):
+    @reward("t_hang")
+    def hang(sample):
+        if sample.completion == "hang":
+            time.sleep(30)
+        return RewardResult(1.0)
+
+    with RewardPool({"h": [("t_hang", 1.0)]}, timeout_s=0.3, threads=2) as pool:
+        t0 = time.perf_counter()
+        scored, stats = pool.score([_s("h", "hang", 0), _s("h", "ok", 1), _s("h", "hang", 2), _s("h", "ok", 3)])
+        assert time.perf_counter() - t0 < 2.0
+        assert [s.reward for s in scored] == [0.0, 1.0, 0.0, 1.0]
+        assert stats["reward/errors/h"] == 2.0
+        assert stats["time/reward/h"] >= 0.6  # two timed-out calls count their full timeout
+        out = capsys.readouterr().out
+        assert out.count("[reward]") == 1  # one line per domain, with the first message
+        assert "2 error(s) in domain 'h'; first: prompt p0: reward 't_hang': RewardTimeout" in out
+        # Both stuck workers were replaced: the next batch runs at full speed.
+        assert pool.abandoned_threads == 2
+        scored, stats = pool.score([_s("h", "ok", i) for i in range(4)])
+        assert [s.reward for s in scored] == [1.0] * 4 and stats["reward/errors/h"] == 0.0
+
+
+def test_pure_python_infinite_loop_is_stopped_after_its_timeout():
+    ticks = [0]
+
+    @reward("t_spin")
+    def spin(sample):
+        while True:
+            ticks[0] += 1
+
+    before = threading.active_count()
+    scored, stats = score_samples([_s("s", "x")], {"s": [("t_spin", 1.0)]}, timeout_s=0.2, threads=1)
+    assert scored[0].reward == 0.0 and stats["reward/errors/s"] == 1.0
+    time.sleep(0.3)
+    count = ticks[0]
+    time.sleep(0.2)
+    assert ticks[0] == count  # the loop got RewardTimeout and ended
+    assert threading.active_count() <= before
+
+
+def test_hanging_coroutine_is_cancelled_and_later_calls_work():
+    cancelled = []
+
+    @reward("t_ahang")
+    async def ahang(sample):
+        try:
+            await asyncio.sleep(30 if sample.completion == "hang" else 0)
+        except asyncio.CancelledError:
+            cancelled.append(sample.prompt_id)
+            raise
+        return RewardResult(1.0)
+
+    with RewardPool({"a": [("t_ahang", 1.0)]}, timeout_s=0.3, threads=1) as pool:
+        scored, stats = pool.score([_s("a", "hang", 0), _s("a", "ok", 1)])
+        assert [s.reward for s in scored] == [0.0, 1.0] and stats["reward/errors/a"] == 1.0
+        time.sleep(0.1)
+        assert cancelled == ["p0"]
+        scored, _ = pool.score([_s("a", "ok", 2)])
+        assert scored[0].reward == 1.0
+
+
+def test_coroutine_blocking_the_loop_gets_a_fresh_loop_for_later_calls():
+    @reward("t_ablock")
+    async def ablock(sample):
+        if sample.completion == "block":
+            time.sleep(3)  # blocks the event loop itself, not just this coroutine
+        return RewardResult(1.0)
+
+    with RewardPool({"a": [("t_ablock", 1.0)]}, timeout_s=0.3, threads=1) as pool:
+        t0 = time.perf_counter()
+        scored, stats = pool.score([_s("a", "block", 0)])
+        assert scored[0].reward == 0.0 and stats["reward/errors/a"] == 1.0
+        scored, stats = pool.score([_s("a", "ok", 1)])
+        assert scored[0].reward == 1.0 and stats["reward/errors/a"] == 0.0
+        assert time.perf_counter() - t0 < 2.5
+
+
+def test_calls_run_in_parallel():
+    @reward("t_io")
+    def io_bound(sample):
+        time.sleep(0.2)
+        return RewardResult(1.0)
+
+    @reward("t_aio")
+    async def aio_bound(sample):
+        await asyncio.sleep(0.2)
+        return RewardResult(1.0)
+
+    routes = {"io": [("t_io", 1.0)], "aio": [("t_aio", 1.0)]}
+    t0 = time.perf_counter()
+    scored, _ = score_samples([_s("io", "x", i) for i in range(8)] + [_s("aio", "x", i) for i in range(50)],
+                              routes, timeout_s=5.0, threads=4)
+    wall = time.perf_counter() - t0
+    assert all(s.reward == 1.0 for s in scored)
+    assert wall < 1.0, wall  # sequentially 8 * 0.2 + 50 * 0.2 = 11.6 s; in parallel about 0.4 s
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("raise RuntimeError('boom')", "RuntimeError: boom"),
+        ("return [RewardResult(1.0)]", "TypeError: batched reward returned a list of 1 for 2 samples"),
+        ("return RewardResult(1.0)", "TypeError: batched reward returned RewardResult for 2 samples"),
+    ],
+)
+def test_failing_batched_call_fails_its_samples_only(body, message, capsys):
+    namespace = {"RewardResult": RewardResult}
+    exec(f"def bad(samples):\n    {body}\n", namespace)
+    reward("t_bad", batched=True)(namespace["bad"])
+
+    @reward("t_good")
+    def good(sample):
+        return RewardResult(1.0)
+
+    scored, stats = score_samples([_s("b", "1"), _s("g", "2"), _s("b", "3")],
+                                  {"b": [("t_bad", 1.0)], "g": [("t_good", 1.0)]})
+    assert [s.reward for s in scored] == [0.0, 1.0, 0.0]
+    assert (stats["reward/errors/b"], stats["reward/errors/g"]) == (2.0, 0.0)
+    assert message in capsys.readouterr().out
+
+
+def test_unrouted_domain_and_wrong_result_type_are_errors(capsys):
+    @reward("t_wrong")
+    def wrong(sample):
+        return 1.0
+
+    scored, stats = score_samples([_s("w", "x"), _s("cooking", "y")], {"w": [("t_wrong", 1.0)]})
+    assert [s.reward for s in scored] == [0.0, 0.0]
+    out = capsys.readouterr().out
+    assert "reward 't_wrong' returned float, expected RewardResult or None" in out
+    assert "no reward configured for domain 'cooking'" in out
+
+
+def test_pool_argument_checks():
+    with pytest.raises(ValueError, match="threads"):
+        RewardPool({}, threads=0)
+    with pytest.raises(ValueError, match="timeout_s"):
+        RewardPool({}, timeout_s=0)
+
+
+CUSTOM = """
+from rewards.registry import RewardResult, batched
+
+def shouty(sample):
+    return RewardResult(float(sample.completion.isupper()))
+
+@batched(max_batch=2)
+def lengths(samples):
+    return [RewardResult(min(1.0, len(s.completion) / 4)) for s in samples]
+"""
+
+
+def test_reward_worker_sets_up_custom_rewards_and_routes(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(CUSTOM)
+    worker = RewardWorker({
+        "custom": [f"{path}:shouty", f"{path}:lengths"],
+        "routes": ["chat=shouty:1.0,lengths:0.5"],
+        "timeout_s": 5.0,
+        "threads": 2,
+    })
+    assert worker.info()["chat"] == [("shouty", 1.0), ("lengths", 0.5)]
+    assert worker.info()["math"] == [("math", 1.0)]  # built-in routes stay
+    scored, stats = worker.score([_s("chat", "HI"), _s("chat", "hello"), _s("math", "")])
+    assert [s.reward for s in scored[:2]] == [1.0 + 0.25, 0.0 + 0.5]
+    assert stats["reward/errors/math"] == 1.0  # no `answer`: no reward applies
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"custom": ["nowhere_xyz:fn"]}, "custom reward 'nowhere_xyz:fn': module 'nowhere_xyz' not found"),
+        ({"routes": ["math=math,nope:0.5"]}, "route for domain 'math' names unknown reward(s) ['nope']"),
+        ({"reward_model_path": "/no/such/rm"}, "reward.reward_model_path '/no/such/rm': "),
+    ],
+)
+def test_setup_errors_name_the_setting(config, message):
+    with pytest.raises(RewardLoadError, match=re_escape(message)):
+        setup_rewards(config, load_models=False)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_batched_marker_validates():
+    with pytest.raises(ValueError, match="max_batch"):
+        batched(lambda samples: [], max_batch=0)

@@ -1,0 +1,185 @@
+"""The sandbox against hostile programs: each must end as a failure within its wall limit (plus a
+small margin) and leave the host untouched."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from rewards.sandbox import UID_BASE, Limits, SandboxPool, isolation, run_python
+
+LIMITS = Limits(wall_s=2.0, cpu_s=1.0, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
+MARGIN_S = 1.5  # process start-up and teardown on a busy 2-core machine
+CONTAINED = pytest.mark.skipif(isolation() == "session", reason="no namespaces and not root: nothing to contain")
+NAMESPACES = pytest.mark.skipif(isolation() != "namespaces", reason="needs mount and network namespaces")
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids of live (not zombie) processes running as a sandbox uid."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) >= UID_BASE and not fields["State"].strip().startswith("Z"):
+            pids.append(int(entry))
+    return pids
+
+
+def run(source: str, limits: Limits = LIMITS, **kwargs):
+    start = time.monotonic()
+    result = run_python(source, limits, **kwargs)
+    assert time.monotonic() - start <= limits.wall_s + MARGIN_S, f"outlived its wall limit: {result}"
+    return result
+
+
+def test_runs_a_program_and_reports_its_output():
+    result = run("import sys\nprint('out')\nprint('err', file=sys.stderr)")
+    assert result.ok and result.exit_code == 0
+    assert (result.stdout, result.stderr) == ("out\n", "err\n")
+
+
+@pytest.mark.parametrize(
+    "source, exit_code",
+    [("import sys; sys.exit(5)", 5), ("import os; os._exit(3)", 3), ("raise ValueError('x')", 1),
+     ("import sys; sys.exit('bye')", 1), ("raise SystemExit", 0)],
+)
+def test_exit_status_follows_python(source, exit_code):
+    assert run(source).exit_code == exit_code
+
+
+def test_data_reaches_the_program_only_through_its_globals():
+    result = run("import sys\nprint(__sandbox_data__.decode(), sys.argv)", data=b"secret-123")
+    assert result.stdout == "secret-123 ['<program>']\n"
+
+
+def test_stdin_is_empty_and_workdir_is_private_and_removed():
+    result = run("import os, sys\nprint(repr(sys.stdin.read()), os.listdir('.'), os.getcwd())\n"
+                 "open('scratch.txt', 'w').write('fine')\nprint(open('scratch.txt').read())")
+    assert result.ok, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.startswith("'' [] ") and second == "fine"
+    assert not os.path.exists(first.split()[-1])
+
+
+ADVERSARIAL = {
+    "busy loop": "while True:\n    pass",
+    "loop ignoring signals": (
+        "import signal\nfor s in (signal.SIGXCPU, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    try:\n        pass\n    except BaseException:\n        pass"
+    ),
+    "sleep in C": "import time\ntime.sleep(1000)",
+    "ctypes pause": "import ctypes\nctypes.CDLL(None).pause()",
+    "blocked on a pipe": "import os\nr, w = os.pipe()\nos.read(r, 1)",
+    "memory bomb": "x = []\nwhile True:\n    x.append(bytearray(64 << 20))",
+    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    "print gigabytes": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+    "kill the parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)\nimport time\ntime.sleep(1000)",
+    "kill everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\ntime.sleep(1000)",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_programs_fail_within_the_limit(name):
+    result = run(ADVERSARIAL[name])
+    assert not result.ok
+    assert sandbox_processes() == []
+
+
+@CONTAINED
+def test_daemonised_children_die_with_the_sandbox():
+    # The program double-forks a child that leaves the session and ignores SIGTERM/SIGHUP, then
+    # returns at once (first case) or hangs until the wall limit (second case).
+    daemon = (
+        "import os, signal, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "        signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "        time.sleep(1000)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.2)\n"
+    )
+    for tail in ("print('parent leaves')", "time.sleep(1000)"):
+        result = run(daemon + tail)
+        assert result.ok == (tail.startswith("print"))
+        time.sleep(0.2)
+        assert sandbox_processes() == []
+
+
+@CONTAINED
+def test_files_outside_the_workdir_cannot_be_changed(tmp_path):
+    # World-writable on purpose: only the sandbox (read-only mounts, its own uid) stands in the way.
+    canary = tmp_path / "canary.txt"
+    canary.write_text("alive")
+    os.chmod(tmp_path, 0o777)
+    os.chmod(canary, 0o666)
+    attacks = [
+        f"import os\nos.remove({str(canary)!r})",
+        f"open({str(canary)!r}, 'w').write('overwritten')",
+        f"open({str(canary)!r}, 'a').write('appended')",
+        f"os.rename({str(canary)!r}, {str(canary)!r} + '.moved')",
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+        "open('/tmp/sandbox-escape.txt', 'w').write('x')",
+        f"open({os.path.abspath(__file__)!r}, 'a').write('# x')",
+    ]
+    for attack in attacks:
+        result = run("import os\n" + attack)
+        assert not result.ok, attack
+    assert canary.read_text() == "alive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canary.txt"]
+    assert not os.path.exists("/tmp/sandbox-escape.txt")
+
+
+@NAMESPACES
+def test_no_network():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        result = run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')")
+    finally:
+        server.close()
+    assert not result.ok and "connected" not in result.stdout
+
+
+def test_output_is_capped():
+    result = run("print('y' * 10_000_000)")
+    assert result.output_exceeded and not result.ok
+    assert len(result.stdout) <= LIMITS.output_bytes
+
+
+def test_memory_limit():
+    result = run("x = bytearray(1 << 30)\nprint('allocated')")
+    assert not result.ok and "MemoryError" in result.stderr
+    with pytest.raises(ValueError, match="4 GiB"):
+        Limits(memory_bytes=5 << 30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid fallback needs root")
+def test_uid_fallback_kills_daemons():
+    # Without namespaces, every process of the run's own uid is killed at the end.
+    result = run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\nprint('done')", mode="uid")
+    assert result.ok and result.stdout == "done\n"
+    time.sleep(0.2)
+    assert sandbox_processes() == []
+
+
+def test_pool_runs_jobs_concurrently_in_order():
+    pool = SandboxPool(workers=2)
+    try:
+        start = time.monotonic()
+        results = pool.map([(f"import time\ntime.sleep(0.5)\nprint({i})", LIMITS, b"") for i in range(4)])
+        elapsed = time.monotonic() - start
+    finally:
+        pool.shutdown()
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert elapsed < 4 * 0.5 + 0.5  # faster than one at a time

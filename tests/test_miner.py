@@ -1,0 +1,145 @@
+"""Hard-example mining with a scripted policy: each prompt passes with a fixed probability."""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import replace
+
+import pytest
+
+from data_mining.ledger import export
+from data_mining.miner import Miner, apportion
+from rl.config import MiningConfig
+from rl.types import Sample
+
+GROUP = 8
+PER_STEP = 8
+
+
+def pool(n_each: int = 30) -> tuple[list[dict], dict[str, float]]:
+    """One third solved (p=1), one third impossible (p=0), one third learnable (p=0.5)."""
+    rows, truth = [], {}
+    for kind, p in (("solved", 1.0), ("impossible", 0.0), ("learnable", 0.5)):
+        for i in range(n_each):
+            pid = f"{kind}:{i}"
+            rows.append({"id": pid, "domain": "math", "prompt": pid, "reference": {}})
+            truth[pid] = p
+    return rows, truth
+
+
+class ScriptedPolicy:
+    """generate_and_score: n Samples per row, each passing with the prompt's probability."""
+
+    def __init__(self, truth: dict[str, float], seed: int = 0) -> None:
+        self.truth, self.rng, self.rollouts = truth, random.Random(seed), 0
+
+    def __call__(self, rows: list[dict], n: int) -> list[Sample]:
+        out = []
+        for row in rows:
+            for k in range(n):
+                passed = self.rng.random() < self.truth[row["id"]]
+                out.append(Sample(row["id"], row["domain"], row["prompt"], [1], group_index=k,
+                                  reward=float(passed), passed=passed))
+        self.rollouts += len(out)
+        return out
+
+
+def run(miner: Miner, policy: ScriptedPolicy, steps: int, start: int = 0) -> list[list[Sample]]:
+    return [miner.next_batch(step, policy).train for step in range(start, start + steps)]
+
+
+def variance_share(batches: list[list[Sample]]) -> float:
+    """Share of the groups used for updates whose rewards are not all equal."""
+    groups = [{s.reward for s in batch if s.prompt_id == pid} for batch in batches for pid in {s.prompt_id for s in batch}]
+    return sum(len(g) > 1 for g in groups) / len(groups)
+
+
+def test_mining_trains_on_learnable_groups_and_bands_the_thirds(tmp_path):
+    rows, truth = pool()
+    on = Miner(rows, MiningConfig(enabled=True, remine_every=10, remine_prompts=8), PER_STEP, GROUP, seed=0)
+    on_batches = run(on, ScriptedPolicy(truth), 40)
+    # Plain epochs without the zero-variance filter: what the update sees without mining.
+    off = Miner(rows, MiningConfig(enabled=False), PER_STEP, GROUP, seed=0, drop_zero_variance=False)
+    off_batches = run(off, ScriptedPolicy(truth), 40)
+
+    assert variance_share(on_batches) >= 0.9
+    assert 0.25 <= variance_share(off_batches) <= 0.42
+    assert all(len({s.prompt_id for s in b}) >= PER_STEP for b in on_batches)
+
+    on.save(tmp_path)
+    out = export(tmp_path, tmp_path / "ledger.csv")
+    with out.open() as f:
+        bands = {r["prompt_id"]: r["band"] for r in csv.DictReader(f)}
+    assert len(bands) == len(rows)
+    assert all(bands[f"solved:{i}"] == "solved" and bands[f"impossible:{i}"] == "too_hard" for i in range(30))
+    # A p = 0.5 prompt can draw 8 passes of 8 by chance (2/256 per group) and be parked until re-mined.
+    assert sum(bands[f"learnable:{i}"] == "learnable" for i in range(30)) >= 28
+
+
+def test_ledger_alone_keeps_the_batch_learnable_and_rollouts_cheap():
+    """Without the zero-variance filter the ledger's bands do the work once every prompt was seen;
+    and with the filter, a useful group costs about one group of rollouts instead of three."""
+    rows, truth = pool()
+    miner = Miner(rows, MiningConfig(enabled=True, remine_every=0), PER_STEP, GROUP, seed=1, drop_zero_variance=False)
+    run(miner, ScriptedPolicy(truth, 1), 25)  # first sight of every prompt
+    assert all(e.band != "unseen" for e in miner.ledger.entries.values())
+    assert variance_share(run(miner, ScriptedPolicy(truth, 2), 20, start=25)) >= 0.95
+
+    costs = {}
+    for enabled in (True, False):
+        m = Miner(rows, MiningConfig(enabled=enabled, remine_every=0), PER_STEP, GROUP, seed=3)
+        policy = ScriptedPolicy(truth, 3)
+        batches = run(m, policy, 60)
+        costs[enabled] = policy.rollouts / sum(len({s.prompt_id for s in b}) for b in batches)
+    assert costs[True] < 1.5 * GROUP and costs[False] > 2.5 * GROUP
+
+
+def test_short_batch_trains_on_what_it_has_and_records_it():
+    rows, truth = pool(10)
+    truth = {pid: (0.0 if p == 0.5 else p) for pid, p in truth.items()}  # nothing is learnable
+    miner = Miner(rows, MiningConfig(enabled=True, overdraw_budget=2.0, remine_every=0), PER_STEP, GROUP)
+    drawn = miner.next_batch(0, ScriptedPolicy(truth))
+    assert drawn.train == []
+    assert drawn.metrics["mining/short_batch"] == 1.0
+    assert drawn.metrics["mining/prompts_drawn"] <= 2 * PER_STEP
+    assert drawn.metrics["filter/groups/all_passed"] + drawn.metrics["filter/groups/all_same_reward"] == len(
+        {s.prompt_id for s in drawn.generated})
+    assert "mining/rollouts_per_useful_group" not in drawn.metrics
+    # Once every prompt is parked the miner re-tries the stalest ones rather than stop.
+    for step in range(1, 6):
+        assert miner.next_batch(step, ScriptedPolicy(truth)).generated
+
+
+def test_remining_moves_prompts_when_the_policy_improves():
+    rows, truth = pool(10)
+    miner = Miner(rows, MiningConfig(enabled=True, remine_every=5, remine_prompts=40), PER_STEP, GROUP)
+    run(miner, ScriptedPolicy(truth), 5)
+    assert miner.ledger.entries["impossible:0"].band == "too_hard"
+    better = {pid: (0.5 if pid.startswith("impossible") else p) for pid, p in truth.items()}
+    metrics = miner.next_batch(5, ScriptedPolicy(better)).metrics
+    assert metrics["mining/remined_prompts"] == 20
+    assert metrics["mining/remine_moves"] >= 8
+    assert metrics["mining/moves/too_hard_to_learnable"] >= 8
+    assert metrics["mining/band/too_hard/math"] <= 2
+
+
+def test_band_metrics_per_domain_and_domain_floor():
+    rows, truth = pool(10)
+    code = [{**r, "id": "c" + r["id"], "domain": "code"} for r in rows if r["id"].startswith("solved")]
+    truth.update({r["id"]: 1.0 for r in code})
+    miner = Miner(rows + code, MiningConfig(enabled=True, domain_floor=0.2, remine_every=0), PER_STEP, GROUP)
+    run(miner, ScriptedPolicy(truth), 10)
+    m = miner.next_batch(10, ScriptedPolicy(truth)).metrics
+    assert m["mining/band/solved/code"] == 10 and m["mining/band/learnable/code"] == 0
+    assert m["mining/band/learnable/math"] + m["mining/band/unseen/math"] > 0
+    # All of code is solved: its share falls to the floor, math gets the rest.
+    assert m["mining/quota/code"] == pytest.approx(0.2) and m["mining/quota/math"] == pytest.approx(0.8)
+    fixed = replace(miner.cfg, domain_mixing="fixed", domain_weights=("math=3", "code=1"))
+    assert Miner(rows + code, fixed, PER_STEP, GROUP).domain_shares() == {"code": 0.25, "math": 0.75}
+
+
+def test_apportion_follows_shares_and_caps():
+    assert apportion(10, {"a": 0.5, "b": 0.5}, {"a": 100, "b": 100}) == {"a": 5, "b": 5}
+    assert apportion(10, {"a": 0.9, "b": 0.1}, {"a": 3, "b": 100}) == {"a": 3, "b": 7}
+    assert apportion(10, {"a": 1.0, "b": 0.0}, {"a": 4, "b": 100}) == {"a": 4, "b": 0}

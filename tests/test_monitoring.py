@@ -1,0 +1,365 @@
+"""Monitoring: jsonl key -> Ray metric mapping, progress display, TensorBoard, dashboard auth,
+the RL metrics on Ray's Prometheus endpoint after a real run, and --dry-run checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import run_rl
+from rl.config import ConfigError, MonitorConfig, load_config
+from rl.metrics import MetricsLog, PhaseTimer, Progress, ray_metric, scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+# --- key -> metric name ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, name, domain",
+    [
+        ("reward/mean", "rl_reward_mean", "all"),
+        ("reward/mean/math", "rl_reward_mean", "math"),
+        ("reward/pass_rate/code", "rl_reward_pass_rate", "code"),
+        ("mining/band/medium/code", "rl_mining_band_medium", "code"),
+        ("reward/errors/math", "rl_reward_errors", "math"),
+        ("filter/zero_variance_fraction", "rl_filter_zero_variance_fraction", "all"),
+        ("filter/groups/too-easy", "rl_filter_groups_too_easy", "all"),  # a reason, not a domain
+        ("rollout/logprob_abs_diff_max", "rl_rollout_logprob_abs_diff_max", "all"),
+        ("time/generate", "rl_time_generate", "all"),
+        ("perf/tokens_per_second", "rl_perf_tokens_per_second", "all"),
+        ("policy_version", "rl_policy_version", "all"),
+        ("math", "rl_math", "all"),  # a bare key is a metric, never only a tag
+    ],
+)
+def test_key_maps_to_name_and_domain_tag(key, name, domain):
+    assert ray_metric(key, {"math", "code"}) == (name, {"domain": domain})
+
+
+def test_metric_names_are_prometheus_legal():
+    for key in ("a.b/c d", "moe/expert_load/math/layer0", "x/ünï/9", "time/weight-sync", "3/x"):
+        name, _ = ray_metric(key, {"math"})
+        assert PROMETHEUS_NAME.fullmatch(name), name
+
+
+def test_scalars_keep_finite_numbers_only():
+    got = scalars({"a": 1, "b": 0.5, "c": True, "d": float("nan"), "e": [1.0, 2.0], "f": "x", "g": math.inf})
+    assert got == {"a": 1.0, "b": 0.5, "c": 1.0}
+
+
+def test_grafana_dashboard_plots_every_monitored_metric():
+    dashboard = json.loads((ROOT / "configs" / "grafana" / "rl_dashboard.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    keys = ["reward/mean", "reward/pass_rate", "reward/errors", "mining/band/", "filter/zero_variance_fraction",
+            "train/kl", "train/entropy", "train/clip_fraction", "response/length_mean",
+            "response/truncated_fraction", "rollout/logprob_abs_diff_max", "perf/tokens_per_second",
+            "time/sync", "time/weight_sync_engine", "step"]
+    for key in keys:
+        assert "ray_" + ray_metric(key, ())[0] in exprs, key
+    assert "ray_rl_time_(generate|reward|train|sync)" in exprs and "ray_rl_moe_.*violation" in exprs
+    assert all(t["datasource"]["uid"] == "${datasource}" for p in panels for t in p["targets"])
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+STEP = {"reward/mean": 0.25, "reward/pass_rate": 0.5, "perf/tokens_per_second": 1234.0, "time/generate": 1.5}
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal():
+    out = io.StringIO()
+    progress = Progress(4, "auto", stream=out)
+    progress.phase("generate")  # no live phase display in a log
+    progress.step(0, STEP)
+    progress.step(1, STEP)
+    progress.close()
+    lines = out.getvalue().split("\n")
+    assert "\r" not in out.getvalue() and "\033" not in out.getvalue()
+    assert re.fullmatch(r"step 1/4 \| eta \d+:\d\d:\d\d \| reward 0\.250 pass 0\.500 \| 1234 tok/s \| "
+                        r"generate 1\.5s \| gap 0\.0e\+00", lines[0]), lines[0]
+    assert lines[1].startswith("step 2/4 | eta ")
+    assert lines[2:] == [""]
+
+
+def test_progress_updates_one_line_in_place_on_a_terminal():
+    out = _Terminal()
+    progress = Progress(4, "auto", stream=out)
+    progress.phase("generate")
+    progress.step(0, STEP)
+    progress.phase("train")
+    text = out.getvalue()
+    assert "\n" not in text  # everything so far rewrote the same line
+    draws = text.split("\r\033[K")[1:]
+    assert draws[0] == "step 0/4 | now: generate"
+    assert draws[1].startswith("step 1/4 [###.........] | eta ") and "| reward 0.250" in draws[1]
+    assert re.match(r"step 1/4 \[###\.{9}\] \| eta \d+:\d\d:\d\d \| now: train \| reward 0\.250", draws[2])
+    progress.close()
+    assert out.getvalue().endswith("\n")
+
+
+def test_eta_uses_the_pace_after_the_first_step(monkeypatch):
+    clock = iter([0.0, 100.0, 110.0])  # a first phase, then a first step slowed by work before it
+    monkeypatch.setattr("rl.metrics.time.time", lambda: next(clock))
+    out = io.StringIO()
+    progress = Progress(12, "lines", stream=out)
+    progress.phase("generate")
+    progress.step(0, STEP)
+    progress.step(1, STEP)
+    first, second = out.getvalue().splitlines()
+    assert "eta 0:18:20" in first  # 100 s x 11 steps left
+    assert "eta 0:01:40" in second  # 10 s x 10 steps left
+
+
+@pytest.mark.parametrize("mode, tty, in_place", [("lines", True, False), ("bar", False, True), ("auto", True, True)])
+def test_progress_mode_overrides_the_terminal_check(mode, tty, in_place):
+    assert Progress(1, mode, stream=_Terminal() if tty else io.StringIO()).in_place is in_place
+
+
+def test_phase_timer_reports_the_running_phase_to_the_open_log(tmp_path, capsys):
+    log = MetricsLog(tmp_path, 2, MonitorConfig(ray_metrics=False, tensorboard=False, progress="bar"))
+    with PhaseTimer()("reward"):
+        pass
+    log.close()
+    assert "now: reward" in capsys.readouterr().out
+    with PhaseTimer()("train"):  # a closed log no longer shows phases
+        pass
+    assert capsys.readouterr().out == ""
+
+
+# --- sinks ----------------------------------------------------------------------------------------
+
+
+def test_tensorboard_gets_the_jsonl_scalars(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path, 2, MonitorConfig(ray_metrics=False, progress="lines"))
+    steps = [{"reward/mean": 0.25, "reward/mean/math": 0.5, "moe/expert_load/math/layer0": [0.5, 0.5]},
+             {"reward/mean": 0.75, "reward/mean/math": 1.0, "moe/expert_load/math/layer0": [0.4, 0.6]}]
+    for step, metrics in enumerate(steps):
+        log.log(step, metrics)
+    log.close()
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(r) for r in records] == [sorted(["step", "wall_time", *m]) for m in steps]  # schema unchanged
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["reward/mean", "reward/mean/math"]  # lists stay in the jsonl
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean/math")] == [(0, 0.5), (1, 1.0)]
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # a progress line per step
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_wandb_without_the_package_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"monitor\.wandb.*wandb package is not installed"):
+        load_config(None, ["monitor.wandb=true"])
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dry_run(tmp_path):
+    """run_rl.main(--dry-run) on the built-in defaults (an empty config file) plus overrides."""
+    empty = tmp_path / "defaults.yaml"
+    empty.write_text("")
+
+    def run(*overrides: str) -> int:
+        return run_rl.main(["--config", str(empty), f"run.dir={tmp_path}/run", *overrides, "--dry-run"])
+
+    return run
+
+
+def test_dry_run_bad_monitor_value_exits_2_naming_the_key(dry_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        dry_run("monitor.progress=fancy")
+    assert exc.value.code == 2
+    assert "monitor.progress" in capsys.readouterr().err
+
+
+def test_dry_run_missing_checkpoint_without_bootstrap_exits_naming_it(dry_run, tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SystemExit) as exc:
+        dry_run(f"model.path={missing}", "model.bootstrap=false")
+    assert isinstance(exc.value.code, str) and str(missing) in exc.value.code and "does not exist" in exc.value.code
+
+
+def test_dry_run_refuses_a_directory_that_is_not_a_checkpoint_and_keeps_it(dry_run, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    for bootstrap in ("true", "false"):
+        with pytest.raises(SystemExit) as exc:
+            dry_run(f"model.path={notes}", f"model.bootstrap={bootstrap}")
+        assert str(notes) in exc.value.code and "not a Hugging Face checkpoint" in exc.value.code
+    assert (notes / "keep.txt").read_text() == "mine"  # bootstrapping there would have replaced it
+
+
+def test_dry_run_refuses_an_unknown_model_config(dry_run, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "no_such_model"}))
+    with pytest.raises(SystemExit) as exc:
+        dry_run(f"model.path={ckpt}")
+    assert str(ckpt) in exc.value.code and "no usable config.json" in exc.value.code
+
+
+@pytest.mark.slow  # the tiny_checkpoint fixture bootstraps a model when no earlier test did
+def test_dry_run_names_missing_weights_or_tokenizer_and_plans_a_good_checkpoint(
+    dry_run, tiny_checkpoint, tmp_path, capsys
+):
+    for missing, problem in (("*.safetensors", "no weight files"), ("tokenizer*", "no tokenizer")):
+        hollow = tmp_path / f"hollow-{problem[3:7]}"
+        shutil.copytree(tiny_checkpoint, hollow, ignore=shutil.ignore_patterns(missing))
+        with pytest.raises(SystemExit) as exc:
+            dry_run(f"model.path={hollow}")
+        assert str(hollow) in exc.value.code and problem in exc.value.code
+
+    assert dry_run(f"model.path={tiny_checkpoint}") == 0
+    out = capsys.readouterr().out
+    assert "monitor: Ray dashboard on 127.0.0.1:8265; metrics to metrics.jsonl, Ray metrics, TensorBoard" in out
+
+
+# --- the dashboard --------------------------------------------------------------------------------
+
+
+def _get(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_start_ray_prints_the_dashboard_which_refuses_requests_without_the_token():
+    token = secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no cluster to join, default auth
+    env.update(RAY_AUTH_TOKEN=token, OMP_NUM_THREADS="1")
+    script = ("import sys\nfrom rl.actors import start_ray\nfrom rl.config import load_config\n"
+              "start_ray(load_config(None, ['run.num_cpus=1', 'monitor.dashboard_port=18265']))\n"
+              "print('READY', flush=True)\nsys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("READY"):
+                break
+        out = "".join(lines)
+        url = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", out)
+        assert url, out
+        assert "ray get-auth-token" in out and "$RAY_AUTH_TOKEN" in out and token not in out
+        api = url.group(1) + "/nodes?view=summary"
+        assert _get(api) == 401
+        assert _get(api, token="not-" + token) == 403
+        assert _get(api, token=token) == 200
+        metrics = re.search(r"Prometheus metrics of this node: (http://\S+/metrics)", out)
+        assert metrics and _get(metrics.group(1)) == 200
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+# --- a real run, read back from Prometheus --------------------------------------------------------
+
+
+def _prometheus(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample in a Prometheus text exposition."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    samples = []
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: \d+)?", line)
+        if m and not line.startswith("#"):
+            labels = dict(re.findall(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            samples.append((m.group(1), labels, float(m.group(3))))
+    return samples
+
+
+@pytest.mark.slow
+def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpoint, ray_session, tmp_path):
+    import ray
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from data_mining.sampler import EpochSampler
+    from rl.actors import build_actors
+    from run_rl import load_prompts, rl_loop
+
+    run_dir = tmp_path / f"mon-{secrets.token_hex(3)}"  # the `run` tag tells this run's series apart
+    cfg = load_config(
+        None,  # the built-in defaults (equal to configs/tiny_cpu.yaml)
+        [
+            f"model.path={tiny_checkpoint}", f"run.dir={run_dir}", "run.steps=2", "train.prompts_per_step=8",
+            "rollout.samples_per_prompt=4", "data.train_prompts=64", "data.heldout_prompts=8",
+            "data.max_digits=1", "rollout.max_new_tokens=6", "train.kl_coef=0.01",
+        ],
+    )
+    actors = build_actors(cfg, tiny_checkpoint)
+    train_rows, _ = load_prompts(cfg)
+    log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})
+    rl_loop(cfg, actors, EpochSampler(train_rows, seed=0), log, run_dir)
+    log.close()
+    for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
+        ray.kill(actor)
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+    # Ray exports on an interval (~10 s here): poll until the last step's values are out.
+    node = next(n for n in ray.nodes() if n["Alive"])
+    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    deadline = time.time() + 90
+    while True:
+        ours = {(name, labels["domain"]): value for name, labels, value in _prometheus(url)
+                if labels.get("run") == run_dir.name}
+        if ours.get(("ray_rl_step", "all")) == 1.0 or time.time() > deadline:
+            break
+        time.sleep(2)
+
+    expected = {
+        ("ray_rl_reward_mean", "all"), ("ray_rl_reward_mean", "math"), ("ray_rl_reward_pass_rate", "math"),
+        ("ray_rl_filter_zero_variance_fraction", "all"), ("ray_rl_train_kl", "all"),
+        ("ray_rl_train_entropy", "all"), ("ray_rl_train_clip_fraction", "all"),
+        ("ray_rl_response_length_mean", "all"), ("ray_rl_response_truncated_fraction", "all"),
+        ("ray_rl_rollout_logprob_abs_diff_max", "all"), ("ray_rl_perf_tokens_per_second", "all"),
+        ("ray_rl_time_generate", "all"), ("ray_rl_time_train", "all"), ("ray_rl_time_sync", "all"),
+        ("ray_rl_step", "all"),
+    }
+    assert expected <= set(ours), sorted(expected - set(ours))
+    # Every scalar of the last record is on the endpoint with its value: new keys export by themselves.
+    for key, value in scalars(last).items():
+        if key == "wall_time":
+            continue
+        name, tags = ray_metric(key, {"math"})
+        assert ours[("ray_" + name, tags["domain"])] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+    for name in ("ray_rl_reward_mean", "ray_rl_reward_pass_rate"):
+        assert 0.0 <= ours[(name, "math")] <= 1.0
+    assert 0.0 <= ours[("ray_rl_response_truncated_fraction", "all")] <= 1.0
+    assert ours[("ray_rl_train_entropy", "all")] > 0 and ours[("ray_rl_perf_tokens_per_second", "all")] > 0
+    assert ours[("ray_rl_rollout_logprob_abs_diff_max", "all")] < 1e-3
+    assert ours[("ray_rl_time_generate", "all")] > 0
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) >= set(scalars(last)) - {"step", "wall_time"}
+    assert events.Scalars("reward/mean")[-1].value == pytest.approx(last["reward/mean"])
