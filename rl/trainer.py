@@ -36,9 +36,13 @@ def group_indices(samples: list[Sample]) -> torch.Tensor:
     return torch.tensor([ids.setdefault(s.prompt_id, len(ids)) for s in samples], dtype=torch.long)
 
 
-def assign_advantages(samples: list[Sample], estimator: str) -> None:
+def assign_advantages(samples: list[Sample], estimator: str, per_domain: bool = False) -> None:
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)  # [N]
     advantages = algos.compute_advantages(estimator, rewards, group_indices(samples))  # [N]
+    if per_domain:  # each domain's advantages on one scale, so easy rewards don't drown the rest
+        ids: dict[str, int] = {}
+        domain_index = torch.tensor([ids.setdefault(s.domain, len(ids)) for s in samples])  # [N]
+        advantages = algos.normalize_advantages_per_domain(advantages, domain_index)
     for s, a in zip(samples, advantages.tolist()):
         s.advantage = a
 
@@ -181,7 +185,7 @@ class TrainerWorker:
     def train_step(self, samples: list[Sample]) -> dict[str, float]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        assign_advantages(samples, cfg.advantage)
+        assign_advantages(samples, cfg.advantage, cfg.advantage_norm_per_domain)
         self._agreement = [0.0, 0.0]
         self._moe = {}
         staleness = [self.version - s.policy_version for s in samples]  # policy versions behind

@@ -84,3 +84,16 @@ def test_load_violation_closed_form():
     vmax, vmean = algos.load_violation(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]]))
     torch.testing.assert_close(vmax, torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(vmean, torch.tensor([0.0, 1.0]))
+
+
+def test_per_domain_advantage_normalisation_puts_domains_on_one_scale():
+    from rl.trainer import assign_advantages
+
+    samples = [Sample(pid, dom, "", [1], reward=r) for pid, dom, r in
+               [("a", "math", 1.0), ("a", "math", 0.0), ("b", "code", 0.1), ("b", "code", 0.0)]]
+    assign_advantages(samples, "dr_grpo", per_domain=True)
+    math_adv = [s.advantage for s in samples[:2]]
+    code_adv = [s.advantage for s in samples[2:]]
+    assert math_adv == pytest.approx(code_adv, abs=1e-4)  # 10x smaller code rewards, same scale after
+    assign_advantages(samples, "dr_grpo", per_domain=False)
+    assert abs(samples[0].advantage) == pytest.approx(10 * abs(samples[2].advantage), rel=1e-4)
