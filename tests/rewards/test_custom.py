@@ -6,7 +6,7 @@ import pytest
 
 import rewards.pool  # noqa: F401  (built-in names, e.g. 'math', are taken)
 from rewards.custom import RewardLoadError, load_custom_rewards
-from rewards.registry import REWARDS, score_sample
+from rewards.registry import score_sample
 from rl.types import Sample
 
 GOOD = """
@@ -26,14 +26,6 @@ def no_args():
 def var_args(*samples):
     return None
 """
-
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
 
 
 @pytest.fixture

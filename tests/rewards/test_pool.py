@@ -6,16 +6,8 @@ import pytest
 
 from rewards.custom import RewardLoadError
 from rewards.pool import RewardPool, RewardWorker, score_samples, setup_rewards
-from rewards.registry import REWARDS, RewardResult, batched, reward
+from rewards.registry import RewardResult, batched, reward
 from rl.types import Sample
-
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
 
 
 def _s(domain: str, completion: str, i: int = 0) -> Sample:

@@ -7,7 +7,6 @@ import torch
 
 from rewards.custom import RewardLoadError
 from rewards.pool import RewardPool, setup_rewards
-from rewards.registry import REWARDS
 from rewards.reward_model import RewardModel, register_reward_model
 from rl.bootstrap import train_tokenizer
 from rl.types import Sample
@@ -49,14 +48,6 @@ def rm_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier_path(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("rm2"), num_labels=2)
-
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
 
 
 def _samples(pairs=PAIRS, domain="general"):
