@@ -9,7 +9,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import ray
@@ -17,7 +16,7 @@ import ray
 from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
-from data_mining.tasks import make_split
+from data_mining.tasks import make_task_split
 from rl.actors import Actors, build_actors, evaluate, generate, score, start_ray, sync_weights
 from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
@@ -39,7 +38,8 @@ def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
     if dry_run:
         return f"{path} (to be bootstrapped)"
     # The starting checkpoint is a fixed artifact (bootstrap seed 0), whatever the RL seed.
-    spec = BootstrapSpec(min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits)
+    spec = BootstrapSpec(tasks=tuple(cfg.data.tasks), task_weights=tuple(cfg.data.task_weights),
+                         min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits)
     return str(bootstrap(path, spec))
 
 
@@ -77,11 +77,24 @@ def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
             sys.exit(f"error: {len(rows)} valid dataset rows split into {len(train)} train / {len(heldout)} held-out "
                      "prompts; adjust data.heldout_fraction (or set eval.before=false eval.after=false)")
         return train, heldout
-    train, heldout = make_split(
-        cfg.data.train_prompts, cfg.data.heldout_prompts, seed=cfg.run.seed,
-        min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits,
+    train, heldout = make_task_split(
+        list(cfg.data.tasks), list(cfg.data.task_weights), cfg.data.train_prompts, cfg.data.heldout_prompts,
+        seed=cfg.run.seed, min_digits=cfg.data.min_digits, max_digits=cfg.data.max_digits,
     )
-    return [asdict(r) for r in train], [asdict(r) for r in heldout]
+    if (Path(cfg.model.path) / "config.json").exists():  # another checkpoint's tokenizer may spell prompts longer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+        fits = lambda row: len(tokenizer(row["prompt"])["input_ids"]) <= cfg.data.max_prompt_tokens  # noqa: E731
+        kept_train, kept_heldout = [r for r in train if fits(r)], [r for r in heldout if fits(r)]
+        if len(kept_train) < len(train) or len(kept_heldout) < len(heldout):
+            print(f"skipped {len(train) - len(kept_train)} train / {len(heldout) - len(kept_heldout)} held-out "
+                  f"procedural prompts longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}", flush=True)
+        if not kept_train:
+            sys.exit(f"error: every procedural train prompt is longer than data.max_prompt_tokens="
+                     f"{cfg.data.max_prompt_tokens} tokens with the tokenizer of {cfg.model.path}")
+        train, heldout = kept_train, kept_heldout
+    return train, heldout
 
 
 def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict):

@@ -1,7 +1,11 @@
-"""Procedural tasks with verifiable answers.
+"""Procedural tasks with verifiable answers, one family per capability domain.
 
-The first family is integer arithmetic with graded difficulty: the difficulty of a prompt is the
-number of digits of its operands. Prompt ids are derived from the generator seed and the index, and
+- `arithmetic` (domain `math`): integer arithmetic whose difficulty is the number of digits of its
+  operands;
+- `code` (domain `code`): one-line Python functions checked by hidden asserts;
+- `instruction` (domain `instruction`): IFEval-format constraints on short replies.
+
+`make_task_split` mixes them into one train / held-out split. Prompt ids are derived from the generator seed and the index, and
 the train / held-out split is made by prompt id (a stable hash), so held-out prompts are never
 trained on, whatever the sizes asked for.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 OPERATORS = ("+", "-")
@@ -291,3 +295,66 @@ def iter_instruction_tasks(
             misses = 0
             seen.add((name, word, n))
         yield instruction_task(name, word, n)
+
+
+# --- the families together ---------------------------------------------------------------------
+TASKS = ("arithmetic", "code", "instruction")
+
+
+def iter_task(task: str, seed: int, min_digits: int = 1, max_digits: int = 3, distinct: bool = True) -> Iterator[TaskRow]:
+    """The stream of one task family by name (see TASKS)."""
+    if task == "arithmetic":
+        return iter_arithmetic(seed, min_digits, max_digits, distinct)
+    if task == "code":
+        return iter_code_tasks(seed, distinct=distinct)
+    if task == "instruction":
+        return iter_instruction_tasks(seed, distinct=distinct)
+    raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+
+def quotas(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainder), summing to `total`."""
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: counts[i] - exact[i])[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def make_task_split(
+    tasks: list[str],
+    weights: list[float],
+    n_train: int,
+    n_heldout: int,
+    seed: int = 0,
+    min_digits: int = 1,
+    max_digits: int = 3,
+    heldout_fraction: float = 0.1,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and held-out rows of several task families, split by prompt id.
+
+    Each family gets its `weights` share of `n_train` and `n_heldout` (fewer when it has fewer
+    distinct prompts). Train rows carry a sampling `weight` so that each family's share of the
+    prompts drawn per step follows its weight rather than its pool size (a family with few distinct
+    prompts is revisited more often instead of being drowned)."""
+    if len(weights) != len(tasks) or any(w <= 0 for w in weights):
+        raise ValueError(f"need one positive weight per task, got {list(weights)} for {list(tasks)}")
+    train: list[dict[str, Any]] = []
+    heldout: list[dict[str, Any]] = []
+    for task, weight, want_train, want_heldout in zip(
+        tasks, weights, quotas(n_train, weights), quotas(n_heldout, weights)
+    ):
+        got_train: list[TaskRow] = []
+        got_heldout: list[TaskRow] = []
+        for row in iter_task(task, seed, min_digits, max_digits):
+            bucket, limit = (got_heldout, want_heldout) if is_heldout(row.id, heldout_fraction) else (got_train, want_train)
+            if len(bucket) < limit:
+                bucket.append(row)
+            if len(got_train) >= want_train and len(got_heldout) >= want_heldout:
+                break
+        if want_train and not got_train:
+            raise ValueError(f"task {task!r} has no train prompts")
+        share = weight / sum(weights)
+        train += [{**asdict(r), "weight": share / len(got_train)} for r in got_train]  # empty when want_train is 0
+        heldout += [asdict(r) for r in got_heldout]
+    return train, heldout

@@ -64,7 +64,7 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
     # naming it, before any actor starts. Each reward actor repeats the set-up in its own process.
     reward_config = {**asdict(cfg.reward), "custom": [pin_spec(spec) for spec in cfg.reward.custom]}
     setup_rewards(reward_config, load_models=False)
-    max_model_len = 64 + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     rollouts = [
         ray.remote(RolloutWorker)
         .options(name=f"rollout-{i}", num_cpus=cfg.rollout.cpus_per_actor)

@@ -6,12 +6,13 @@ No model hub is reachable, so the project makes its own "pretrained" MoE to post
    are spelled the same way everywhere);
 2. create a small Qwen3-MoE causal LM (a family both transformers and vLLM load; head_dim 32
    because vLLM's CPU attention rejects 16);
-3. warm-start it with a short supervised phase (TRL's SFTTrainer) on procedurally generated
-   arithmetic. Like web text, the warm-start corpus is not all correct: a fraction
-   (`answer_noise`) of its answers are near misses (one digit off). The checkpoint therefore
-   usually ranks the right answer first but *samples* it only part of the time, which is the
-   situation RL with a verifiable reward is for: its sampled pass rate on held-out prompts starts
-   low and has room to rise.
+3. warm-start it with a short supervised phase (TRL's SFTTrainer) on procedurally generated tasks
+   of every capability domain (`data_mining.tasks`: arithmetic, one-line Python functions,
+   IFEval-style instructions). Like web text, the warm-start corpus is not all correct: a fraction
+   (`answer_noise`) of its answers are near misses (a digit off, a wrong constant or operator, a
+   constraint broken). The checkpoint therefore usually ranks the right answer first but *samples*
+   it only part of the time, which is the situation RL with a verifiable reward is for: its sampled
+   pass rate on held-out prompts starts low and has room to rise.
 
 The result is an ordinary Hugging Face checkpoint directory. It is cached: a directory whose
 `bootstrap.json` matches the requested spec is reused as is.
@@ -40,7 +41,9 @@ SPEC_FILE = "bootstrap.json"
 class BootstrapSpec:
     family: str = "qwen3_moe"  # or "qwen2_moe" (a shared expert next to the routed ones)
     seed: int = 0
-    vocab_size: int = 320  # BPE target; the model's embedding is padded to a multiple of 64
+    tasks: tuple[str, ...] = ("arithmetic", "code", "instruction")  # data_mining.tasks families
+    task_weights: tuple[float, ...] = (2.0, 1.0, 1.0)  # their shares of the warm-start corpus
+    vocab_size: int = 512  # BPE target; the model's embedding is padded to a multiple of 64
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -50,7 +53,7 @@ class BootstrapSpec:
     experts_per_token: int = 2
     moe_intermediate_size: int = 128
     sft_examples: int = 20_000
-    sft_steps: int = 1200
+    sft_steps: int = 1000
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     sft_precision: str = "fp32"  # TRL defaults to bf16 autocast, which this CPU runs no faster
@@ -145,25 +148,79 @@ def near_miss(answer: str, rng: random.Random) -> str:
     return sign + digits[:pos] + rng.choice(choices) + digits[pos + 1 :]
 
 
-def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
+_OPERATOR_SWAPS = {"+": "-", "-": "+", "*": "+", ">": "<", "<": ">"}
+
+
+def code_near_miss(solution: str, rng: random.Random) -> str:
+    """The one-line solution with one constant or one operator of its body changed."""
+    head, sep, body = solution.partition("return ")
+    spots = [i for i, ch in enumerate(body) if ch.isdigit() or ch in _OPERATOR_SWAPS]
+    i = rng.choice(spots)
+    ch = body[i]
+    new = near_miss(ch, rng) if ch.isdigit() else _OPERATOR_SWAPS[ch]
+    return head + sep + body[:i] + new + body[i + 1 :]
+
+
+def instruction_near_miss(solution: str, constraints: dict, rng: random.Random) -> str:
+    """A variant of the solution that breaks at least one of the row's instructions."""
+    from rewards.instruction import check_instruction
+
+    words = solution.split(" ")
+    candidates = [
+        solution.lower() if solution != solution.lower() else solution.upper(),
+        " ".join(words[:-1]) if len(words) > 1 else solution + " " + solution,
+        solution + " " + rng.choice(("red", "big", "old")),
+        solution.replace('"', "").replace("<<", "").replace(">>", "").replace("* ", "- "),
+        solution.replace(" ", ", ", 1) if " " in solution else solution + ", yes",
+        solution.split("\n")[0],
+    ]
+    rng.shuffle(candidates)
+    pairs = list(zip(constraints["instruction_id_list"], constraints["kwargs"]))
+    for text in candidates:
+        if not all(check_instruction(text, iid, kw) for iid, kw in pairs):
+            return text
+    return candidates[0]
+
+
+def warm_start_rows(spec: BootstrapSpec) -> list[dict]:
+    """The SFT corpus: train-split tasks of every family in `spec.task_weights` proportion; a
+    `spec.answer_noise` fraction of the answers replaced by a near miss. Completions start on a new
+    line after the prompt (arithmetic answers follow the "=" directly)."""
+    from data_mining.tasks import is_heldout, iter_task, quotas
+
+    rng = random.Random(spec.seed)
+    rows = []
+    for task, count in zip(spec.tasks, quotas(spec.sft_examples, list(spec.task_weights))):
+        stream = iter_task(task, spec.seed + 1000, spec.min_digits, spec.max_digits, distinct=False)
+        pool = []
+        for row in stream:  # families with few distinct tasks repeat them; draw until `count`
+            if is_heldout(row.id):
+                continue
+            noisy = rng.random() < spec.answer_noise
+            if task == "arithmetic":
+                answer = row.reference["answer"]
+                completion = near_miss(answer, rng) if noisy else answer
+            elif task == "code":
+                solution = row.reference["solution"]
+                completion = "\n" + (code_near_miss(solution, rng) if noisy else solution)
+            else:
+                solution = row.reference["solution"]
+                completion = "\n" + (instruction_near_miss(solution, row.reference["constraints"], rng)
+                                      if noisy else solution)
+            pool.append({"prompt": row.prompt, "completion": completion})
+            if len(pool) >= count:
+                break
+        rows += pool
+    rng.shuffle(rows)
+    return rows
+
+
+def _sft(model, tokenizer, spec: BootstrapSpec, rows: list[dict], work_dir: Path) -> list[dict]:
     import datasets
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()  # per-map bars for a 20k-row in-memory set are noise
-
-    from data_mining.tasks import is_heldout, iter_arithmetic
-
-    rng = random.Random(spec.seed)
-    rows = []
-    for row in iter_arithmetic(spec.seed + 1000, spec.min_digits, spec.max_digits, distinct=False):
-        if not is_heldout(row.id):
-            answer = row.reference["answer"]
-            if rng.random() < spec.answer_noise:
-                answer = near_miss(answer, rng)
-            rows.append({"prompt": row.prompt, "completion": answer})
-        if len(rows) >= spec.sft_examples:
-            break
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=spec.sft_steps,
@@ -181,7 +238,7 @@ def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
         data_seed=spec.seed,
         completion_only_loss=True,
         router_aux_loss_coef=0.0,  # transformers 5.19 mis-shapes the aux loss under padding masks
-        max_length=64,
+        max_length=96,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -200,43 +257,58 @@ def _sft(model, tokenizer, spec: BootstrapSpec, work_dir: Path) -> list[dict]:
     return [h for h in trainer.state.log_history if "loss" in h]
 
 
+def heldout_rows(spec: BootstrapSpec, n_prompts: int = 256) -> list[dict]:
+    """Held-out prompts of the spec's task mix (never in the warm-start corpus)."""
+    from data_mining.tasks import make_task_split
+
+    _, heldout = make_task_split(list(spec.tasks), list(spec.task_weights), 1, n_prompts, seed=spec.seed,
+                                 min_digits=spec.min_digits, max_digits=spec.max_digits)
+    return heldout
+
+
 def sampled_pass_rate(
-    model, tokenizer, spec: BootstrapSpec, n_prompts: int = 256, samples: int = 4
-) -> float:
-    """Sampled (temperature 1) pass rate on held-out prompts with transformers' `generate`."""
+    model, tokenizer, spec: BootstrapSpec, n_prompts: int = 256, samples: int = 4, max_new_tokens: int = 24
+) -> dict[str, float]:
+    """Sampled (temperature 1) pass rate on held-out prompts with transformers' `generate`, scored
+    by the built-in rewards: {"pass_rate": pooled, "pass_rate/<domain>": ...}."""
     import torch
 
-    from data_mining.tasks import make_split
-    from rewards.math import arithmetic_correct
+    from rewards.pool import score_samples
+    from rl.types import Sample
 
-    _, heldout = make_split(
-        0, n_prompts, seed=spec.seed, min_digits=spec.min_digits, max_digits=spec.max_digits, strict=False
-    )
+    heldout = heldout_rows(spec, n_prompts)
     tokenizer.padding_side = "left"
     torch.manual_seed(spec.seed)
     model.eval()
-    passed = total = 0
+    scored = []
     for start in range(0, len(heldout), 64):
         chunk = heldout[start : start + 64]
-        prompts = [r.prompt for r in chunk for _ in range(samples)]
+        prompts = [r["prompt"] for r in chunk for _ in range(samples)]
         enc = tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.no_grad():
             out = model.generate(
                 **enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                max_new_tokens=8, pad_token_id=tokenizer.pad_token_id,
+                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
             )
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in enumerate(texts):
-            passed += arithmetic_correct(text, chunk[i // samples].reference["answer"])
-            total += 1
-    return passed / total
+        batch = [Sample(prompt_id=chunk[i // samples]["id"], domain=chunk[i // samples]["domain"],
+                        prompt=chunk[i // samples]["prompt"], prompt_ids=[],
+                        reference=chunk[i // samples]["reference"], completion=text)
+                 for i, text in enumerate(texts)]
+        scored += score_samples(batch)[0]
+    rates = {"pass_rate": sum(s.passed for s in scored) / len(scored)}
+    for domain in sorted({s.domain for s in scored}):
+        items = [s for s in scored if s.domain == domain]
+        rates[f"pass_rate/{domain}"] = sum(s.passed for s in items) / len(items)
+    return rates
 
 
 def is_cached(out: Path, spec: BootstrapSpec) -> bool:
     spec_path = out / SPEC_FILE
     if not spec_path.exists():
         return False
-    return json.loads(spec_path.read_text()).get("spec") == dataclasses.asdict(spec)
+    # Through JSON on both sides: tuples in the spec come back from the file as lists.
+    return json.loads(spec_path.read_text()).get("spec") == json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
 def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), force: bool = False, threads: int = 2) -> Path:
@@ -247,14 +319,8 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
         return out
     _set_threads(threads)
     t0 = time.time()
-    from data_mining.tasks import iter_arithmetic
-
-    corpus = []
-    for row in iter_arithmetic(spec.seed + 2000, spec.min_digits, spec.max_digits):
-        corpus.append(row.prompt + row.reference["answer"])
-        if len(corpus) >= 5000:
-            break
-    tokenizer = train_tokenizer(corpus, spec.vocab_size)
+    rows = warm_start_rows(spec)
+    tokenizer = train_tokenizer([r["prompt"] + r["completion"] for r in rows[:8000]], spec.vocab_size)
     vocab = ((len(tokenizer) + 63) // 64) * 64
     model = build_model(spec, vocab, tokenizer.eos_token_id)
     n_params = sum(p.numel() for p in model.parameters())
@@ -264,7 +330,7 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    history = _sft(model, tokenizer, spec, tmp / "sft")
+    history = _sft(model, tokenizer, spec, rows, tmp / "sft")
     shutil.rmtree(tmp / "sft", ignore_errors=True)
     rate = sampled_pass_rate(model, tokenizer, spec)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -275,7 +341,8 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
         "spec": dataclasses.asdict(spec),
         "params": n_params,
         "sft_final_loss": history[-1]["loss"] if history else None,
-        "heldout_sampled_pass_rate": rate,
+        "heldout_sampled_pass_rate": rate["pass_rate"],
+        "heldout_sampled_pass_rate_by_domain": {k.split("/", 1)[1]: v for k, v in rate.items() if "/" in k},
         "seconds": round(time.time() - t0, 1),
     }
     (tmp / SPEC_FILE).write_text(json.dumps(summary, indent=2))
@@ -283,7 +350,8 @@ def bootstrap(out: str | os.PathLike, spec: BootstrapSpec = BootstrapSpec(), for
     tmp.rename(out)
     print(
         f"[bootstrap] wrote {out} in {summary['seconds']}s: SFT loss {summary['sft_final_loss']}, "
-        f"held-out sampled pass rate {rate:.1%}",
+        f"held-out sampled pass rate {rate['pass_rate']:.1%} ("
+        + ", ".join(f"{k.split('/', 1)[1]} {v:.1%}" for k, v in rate.items() if "/" in k) + ")",
         flush=True,
     )
     return out

@@ -94,9 +94,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    task: Literal["arithmetic"] = field(default="arithmetic", metadata={"help": "prompt task"})
+    tasks: tuple[str, ...] = field(
+        default=("arithmetic", "code", "instruction"),
+        metadata={"help": "procedural task families mixed when data.datasets is empty: arithmetic (domain math), "
+                          "code, instruction"},
+    )
+    task_weights: tuple[float, ...] = field(
+        default=(2.0, 1.0, 1.0),
+        metadata={"help": "share of each data.tasks family in the prompts drawn per step and in the warm-start corpus"},
+    )
     train_prompts: int = field(
-        default=4000, metadata={"help": "number of generated training prompts", "min": 1}
+        default=4000, metadata={"help": "number of generated training prompts (families with fewer distinct "
+                                        "prompts contribute all they have)", "min": 1}
     )
     heldout_prompts: int = field(
         default=256, metadata={"help": "number of held-out evaluation prompts", "min": 1}
@@ -121,6 +130,15 @@ class DataConfig:
     )
 
     def validate(self) -> None:
+        from data_mining.tasks import TASKS
+
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"config key 'data.tasks' must name distinct families from {list(TASKS)}, "
+                              f"got {list(self.tasks)}")
+        if len(self.task_weights) != len(self.tasks) or any(w <= 0 for w in self.task_weights):
+            raise ConfigError(f"config key 'data.task_weights' needs one weight > 0 per data.tasks entry "
+                              f"({len(self.tasks)}), got {list(self.task_weights)}")
         if self.max_digits < self.min_digits:
             raise ConfigError(
                 f"config key 'data.max_digits' must be >= data.min_digits ({self.min_digits}), "
@@ -147,7 +165,7 @@ class RolloutConfig:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass, in (0, 1]"})
     max_new_tokens: int = field(
-        default=16, metadata={"help": "most tokens generated per completion", "min": 1}
+        default=24, metadata={"help": "most tokens generated per completion", "min": 1}
     )
     num_actors: int = field(default=1, metadata={"help": "number of rollout actors", "min": 1})
     cpus_per_actor: float = field(

@@ -11,7 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # A short warm start on one-digit sums (the real bootstrap code, ~10 s on 2 cores): enough for the
 # policy to solve some prompts, so GRPO groups have reward variance and updates are non-zero.
-TINY_SPEC = dict(seed=0, sft_steps=150, sft_examples=4000, max_digits=1, answer_noise=0.0)
+TINY_SPEC = dict(seed=0, sft_steps=150, sft_examples=4000, max_digits=1, answer_noise=0.0,
+                 tasks=("arithmetic",), task_weights=(1.0,))
 
 
 @pytest.fixture(scope="session")

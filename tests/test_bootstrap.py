@@ -2,7 +2,15 @@ import json
 import random
 from pathlib import Path
 
-from rl.bootstrap import BootstrapSpec, SPEC_FILE, near_miss, train_tokenizer
+from rl.bootstrap import (
+    BootstrapSpec,
+    SPEC_FILE,
+    code_near_miss,
+    instruction_near_miss,
+    near_miss,
+    train_tokenizer,
+    warm_start_rows,
+)
 
 
 def test_near_miss_changes_exactly_one_digit():
@@ -42,3 +50,50 @@ def test_bootstrap_checkpoint_is_cached_and_loads(tiny_checkpoint):
     assert model.config.model_type == "qwen3_moe" and model.config.head_dim >= 32
     assert model.config.num_experts == spec.num_experts
     assert tok.eos_token_id == model.config.eos_token_id
+
+
+def test_code_near_miss_changes_one_constant_or_operator():
+    rng = random.Random(0)
+    for solution in ["def f(x): return x+7", "def f(x): return 3*x+2", "def f(xs): return [x for x in xs if x>2]",
+                     "def f(x): return max(x,-5)", "def f(s): return s*3"]:
+        for _ in range(10):
+            wrong = code_near_miss(solution, rng)
+            assert wrong != solution and len(wrong) == len(solution)
+            assert sum(a != b for a, b in zip(wrong, solution)) == 1
+            assert wrong.startswith(solution.partition("return ")[0])  # the signature is untouched
+
+
+def test_instruction_near_miss_breaks_an_instruction_of_every_family():
+    from data_mining.tasks import INSTRUCTION_FAMILIES, instruction_task
+    from rewards.instruction import check_instruction
+
+    rng = random.Random(0)
+    for name, _, counts, _ in INSTRUCTION_FAMILIES:
+        row = instruction_task(name, "river", counts[-1])
+        pairs = list(zip(row.reference["constraints"]["instruction_id_list"], row.reference["constraints"]["kwargs"]))
+        assert all(check_instruction(row.reference["solution"], i, k) for i, k in pairs), name
+        for _ in range(5):
+            wrong = instruction_near_miss(row.reference["solution"], row.reference["constraints"], rng)
+            assert not all(check_instruction(wrong, i, k) for i, k in pairs), (name, wrong)
+
+
+def test_warm_start_corpus_mixes_families_and_skips_heldout():
+    from collections import Counter
+
+    from data_mining.tasks import is_heldout
+
+    spec = BootstrapSpec(sft_examples=400, task_weights=(2.0, 1.0, 1.0))
+    rows = warm_start_rows(spec)
+    kinds = Counter("code" if "Python" in r["prompt"] else "math" if r["prompt"].endswith("=") else "instruction"
+                    for r in rows)
+    assert kinds == {"math": 200, "code": 100, "instruction": 100}
+    assert rows == warm_start_rows(spec)  # deterministic for a seed
+    from data_mining.tasks import iter_task
+
+    heldout_prompts = {r.prompt for task in ("code", "instruction") for r in iter_task(task, 0) if is_heldout(r.id)}
+    assert not heldout_prompts & {r["prompt"] for r in rows}
+    # Code and instruction answers start on the line after the prompt; the prompt tokens stay a prefix.
+    tok = train_tokenizer([r["prompt"] + r["completion"] for r in rows], vocab_size=400)
+    for r in rows[:100]:
+        p = tok(r["prompt"])["input_ids"]
+        assert tok(r["prompt"] + r["completion"])["input_ids"][: len(p)] == p

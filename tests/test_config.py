@@ -168,6 +168,10 @@ def test_list_and_tuple_fields_check_their_elements():
         ("rollout.samples_per_prompt=1", "config key 'rollout.samples_per_prompt' must be >= 2, got 1"),
         ("eval.max_new_tokens=0", "config key 'eval.max_new_tokens' must be >= 1, got 0"),
         ("data.min_digits=4", "config key 'data.max_digits' must be >= data.min_digits (4), got 2"),
+        ("data.tasks=[arithmetic,poetry]", "config key 'data.tasks' must name distinct families from "
+                                           "['arithmetic', 'code', 'instruction'], got ['arithmetic', 'poetry']"),
+        ("data.tasks=[code]", "config key 'data.task_weights' needs one weight > 0 per data.tasks entry (1), "
+                              "got [2.0, 1.0, 1.0]"),
         ("rollout.top_p=0", "config key 'rollout.top_p' must be in (0, 1], got 0.0"),
         ("rollout.top_p=1.5", "config key 'rollout.top_p' must be in (0, 1], got 1.5"),
         ("train.lr", "bad override 'train.lr' (expected KEY=VALUE)"),

@@ -43,6 +43,7 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
             f"model.path={tiny_checkpoint}", f"run.dir={tmp_path}", "run.steps=2",
             "train.prompts_per_step=8", "rollout.samples_per_prompt=4", "train.lr=1e-3",
             "data.train_prompts=64", "data.heldout_prompts=8", "data.max_digits=1", "rollout.max_new_tokens=6",
+            "data.tasks=[arithmetic]", "data.task_weights=[1]",
             "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
         ],
     )
