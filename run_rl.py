@@ -97,6 +97,14 @@ def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
     return train, heldout
 
 
+def _rates(result: dict | None) -> str:
+    """'0.292 (code 0.559, instruction 0.641, math 0.133)' from evaluate()'s result; 'n/a' without one."""
+    if not result:
+        return "n/a"
+    domains = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in sorted(result.items()) if "/" in k)
+    return f"{result['pass_rate']:.3f}" + (f" ({domains})" if domains else "")
+
+
 def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict):
     """The miner's link to the policy: `n` scored Samples per row, timed, reward stats summed."""
     def generate_and_score(rows: list[dict], n: int) -> list:
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"model": model_path}
     if cfg.eval.before:
         summary["heldout_before"] = evaluate(actors, heldout_rows, cfg)
-        print(f"held-out sampled pass rate before RL: {summary['heldout_before']['pass_rate']:.3f}", flush=True)
+        print(f"held-out sampled pass rate before RL: {_rates(summary['heldout_before'])}", flush=True)
 
     start = time.time()
     if cfg.mining.enabled and cfg.mining.offline_pass and not cfg.run.resume:
@@ -195,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     miner.save(final)
     miner.save(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    before = summary.get("heldout_before", {}).get("pass_rate")
-    after = summary.get("heldout_after", {}).get("pass_rate")
-    print(f"held-out sampled pass rate: before {before} -> after {after}; checkpoint {final}", flush=True)
+    before, after = summary.get("heldout_before"), summary.get("heldout_after")
+    print(f"held-out sampled pass rate: before {_rates(before)} -> after {_rates(after)}; checkpoint {final}",
+          flush=True)
     print(f"report: {write_report(run_dir)}", flush=True)
     ray.shutdown()
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 OPERATORS = ("+", "-")
 
@@ -172,24 +172,36 @@ def iter_code_tasks(seed: int, min_difficulty: int = 1, max_difficulty: int = 3,
     """Stream of code tasks, identical for the same arguments; difficulty (1-3) is uniform.
 
     Like `iter_arithmetic`, the stream ends once no new task turns up when `distinct`."""
+    def draw(rng: random.Random, family: tuple) -> tuple:
+        name, _, ranges, *_ = family
+        return name, tuple(rng.choice(r) for r in ranges)
+
+    for name, params in _distinct_draws(seed, CODE_FAMILIES, "code", min_difficulty, max_difficulty, draw, distinct):
+        yield code_task(name, params)
+
+
+def _distinct_draws(seed: int, families: tuple, kind: str, min_difficulty: int, max_difficulty: int,
+                    draw: Callable[[random.Random, tuple], tuple], distinct: bool) -> Iterator[tuple]:
+    """Keys `draw(rng, family)` of families (difficulty at index 1) with a uniform difficulty level
+    in [min, max]; with `distinct`, repeats are skipped and the stream ends once 10,000 draws in a row
+    bring nothing new."""
     rng = random.Random(seed)
-    families = [f for f in CODE_FAMILIES if min_difficulty <= f[1] <= max_difficulty]
-    if not families:
-        raise ValueError(f"no code task family has difficulty in [{min_difficulty}, {max_difficulty}]")
-    levels = sorted({f[1] for f in families})
+    eligible = [f for f in families if min_difficulty <= f[1] <= max_difficulty]
+    if not eligible:
+        raise ValueError(f"no {kind} task family has difficulty in [{min_difficulty}, {max_difficulty}]")
+    levels = sorted({f[1] for f in eligible})
     seen: set[tuple] = set()
     misses = 0
     while misses < 10_000:
         level = rng.choice(levels)
-        name, _, ranges, *_ = rng.choice([f for f in families if f[1] == level])
-        params = tuple(rng.choice(r) for r in ranges)
+        key = draw(rng, rng.choice([f for f in eligible if f[1] == level]))
         if distinct:
-            if (name, params) in seen:
+            if key in seen:
                 misses += 1
                 continue
             misses = 0
-            seen.add((name, params))
-        yield code_task(name, params)
+            seen.add(key)
+        yield key
 
 
 # --- instruction-following tasks: IFEval-format constraints a tiny model can learn ------------------
@@ -277,23 +289,12 @@ def iter_instruction_tasks(
 ) -> Iterator[TaskRow]:
     """Stream of instruction-following tasks, identical for the same arguments; difficulty (1-3) is
     uniform. Like `iter_arithmetic`, the stream ends once no new task turns up when `distinct`."""
-    rng = random.Random(seed)
-    families = [f for f in INSTRUCTION_FAMILIES if min_difficulty <= f[1] <= max_difficulty]
-    if not families:
-        raise ValueError(f"no instruction task family has difficulty in [{min_difficulty}, {max_difficulty}]")
-    levels = sorted({f[1] for f in families})
-    seen: set[tuple] = set()
-    misses = 0
-    while misses < 10_000:
-        level = rng.choice(levels)
-        name, _, counts, _ = rng.choice([f for f in families if f[1] == level])
-        word, n = rng.choice(_INSTR_WORDS), rng.choice(counts)
-        if distinct:
-            if (name, word, n) in seen:
-                misses += 1
-                continue
-            misses = 0
-            seen.add((name, word, n))
+    def draw(rng: random.Random, family: tuple) -> tuple:
+        name, _, counts, _ = family
+        return name, rng.choice(_INSTR_WORDS), rng.choice(counts)
+
+    for name, word, n in _distinct_draws(seed, INSTRUCTION_FAMILIES, "instruction", min_difficulty, max_difficulty,
+                                         draw, distinct):
         yield instruction_task(name, word, n)
 
 

@@ -279,6 +279,11 @@ class TrainConfig:
     clip_high: float = field(
         default=0.2, metadata={"help": "upper ratio clip: ratio <= 1 + clip_high", "min": 0}
     )
+    dual_clip: float = field(
+        default=0.0,
+        metadata={"help": "dual-clip constant c > 1: a negative-advantage token's loss is capped at -c A; "
+                          "0 = off (ppo_clip only)", "min": 0},
+    )
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = field(
         default="token-mean", metadata={"help": "how per-token losses are reduced to one number"}
     )
@@ -318,6 +323,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value not in names:
                 raise ConfigError(f"config key 'train.{key}' must be one of {sorted(names)}, got {value!r}")
+        if 0 < self.dual_clip <= 1:
+            raise ConfigError(f"config key 'train.dual_clip' must be 0 (off) or > 1, got {self.dual_clip}")
 
 
 @dataclass(frozen=True)

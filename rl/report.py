@@ -228,12 +228,23 @@ def heldout_rates(evaluation: dict[str, Any]) -> dict[str, float]:
 
 
 def expert_loads(rows: list[dict[str, Any]]) -> tuple[float | None, dict[str, dict[int, list[float]]]]:
-    """The last step that logged expert load, as {domain: {layer number: load per expert}}."""
+    """The last step that logged expert load, as {domain: {layer number: load per expert}}.
+
+    Reads the trainer's form, `moe/expert_load/<domain>` = [layers][experts] (and
+    `moe/expert_load` = all domains, shown as "all"), and one list per layer under
+    `moe/expert_load/<domain>/layer<N>`."""
     pattern = re.compile(r"layer(\d+)$")
     for row in reversed(rows):
         per_domain: dict[str, dict[int, list[float]]] = {}
         for key, value in row.items():
-            if not key.startswith(EXPERT_LOAD_PREFIX) or not isinstance(value, list):
+            if key not in (EXPERT_LOAD_PREFIX.rstrip("/"),) and not key.startswith(EXPERT_LOAD_PREFIX):
+                continue
+            if not isinstance(value, list):
+                continue
+            if value and all(isinstance(layer, list) and layer and all(_is_number(v) for v in layer) for layer in value):
+                domain = key[len(EXPERT_LOAD_PREFIX):] or "all"
+                if "/" not in domain:
+                    per_domain[domain] = dict(enumerate(value))
                 continue
             domain, _, layer = key[len(EXPERT_LOAD_PREFIX):].rpartition("/")
             match = pattern.match(layer)

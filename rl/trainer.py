@@ -246,7 +246,8 @@ class TrainerWorker:
             rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
             gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
             per_token, loss_stats = algos.policy_loss(
-                cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high
+                cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                dual_clip=cfg.dual_clip or None,
             )
             if cfg.tis_cap > 0:
                 tis = algos.truncated_is_weights(old_lp, rollout_lp, cfg.tis_cap)  # [b, T]

@@ -170,6 +170,7 @@ def test_list_and_tuple_fields_check_their_elements():
         ("data.min_digits=4", "config key 'data.max_digits' must be >= data.min_digits (4), got 2"),
         ("data.tasks=[arithmetic,poetry]", "config key 'data.tasks' must name distinct families from "
                                            "['arithmetic', 'code', 'instruction'], got ['arithmetic', 'poetry']"),
+        ("train.dual_clip=0.5", "config key 'train.dual_clip' must be 0 (off) or > 1, got 0.5"),
         ("data.tasks=[code]", "config key 'data.task_weights' needs one weight > 0 per data.tasks entry (1), "
                               "got [2.0, 1.0, 1.0]"),
         ("rollout.top_p=0", "config key 'rollout.top_p' must be in (0, 1], got 0.0"),

@@ -32,9 +32,8 @@ def synthetic_step(step: int, rng: np.random.Generator) -> dict:
         record[f"reward/pass_rate/{domain}"] = rate
         for band, count in (("hard", 40 - 20 * progress), ("medium", 30.0), ("easy", 10 + 20 * progress)):
             record[f"mining/band/{band}/{domain}"] = round(count)
-        if step % 10 == 0:
-            for layer in range(4):
-                record[f"moe/expert_load/{domain}/layer{layer}"] = rng.dirichlet(np.full(8, 5.0)).tolist()
+        if step % 10 == 0:  # the trainer's form: [layers][experts] per domain
+            record[f"moe/expert_load/{domain}"] = [rng.dirichlet(np.full(8, 5.0)).tolist() for _ in range(4)]
     record["reward/mean"] = float(np.mean([record[f"reward/mean/{d}"] for d in DOMAINS]))
     record["reward/pass_rate"] = record["reward/mean"]
     record.update({
@@ -184,3 +183,17 @@ def test_cli_exits_2_without_a_traceback_when_metrics_are_missing(tmp_path):
     assert result.returncode == 2
     assert "metrics.jsonl" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_expert_loads_reads_the_trainer_form_and_per_layer_keys():
+    from rl.report import expert_loads
+
+    rows = [
+        {"step": 0, "moe/expert_load": [[0.5, 0.5], [1.0, 0.0]], "moe/expert_load/code": [[0.25, 0.75], [0.5, 0.5]]},
+        {"step": 1, "moe/expert_load/math/layer1": [0.9, 0.1], "moe/expert_load/math/layer0": [0.2, 0.8]},
+        {"step": 2, "train/loss": 0.1},
+    ]
+    step, loads = expert_loads(rows)
+    assert step == 1 and loads == {"math": {0: [0.2, 0.8], 1: [0.9, 0.1]}}
+    step, loads = expert_loads(rows[:1])
+    assert step == 0 and loads == {"all": {0: [0.5, 0.5], 1: [1.0, 0.0]}, "code": {0: [0.25, 0.75], 1: [0.5, 0.5]}}
