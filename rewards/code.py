@@ -21,15 +21,28 @@ Equality can be forged too (an object whose `__eq__` is always true, patched bui
 
 What this does not stop: a program that inspects the harness's own frames to read the nonce. That
 needs knowledge of this harness, not a generic trick, and the sandbox still contains its effects.
+
+Repeats are cheap: a GRPO group of a small policy often holds identical programs, and the same
+program meets the same tests again in later steps. Jobs are keyed by sha256(program, test program,
+entry point, limits); a job identical to one still running waits for that run (dedup, also across
+concurrent calls), and a bounded LRU cache keeps deterministic verdicts (`CACHEABLE`; never
+timeouts, output or resource kills, which depend on load). A program whose result is random keeps
+the verdict of its first run while cached. `REWARD_CODE_CACHE` (entries, 0 = off, default 100000)
+and `REWARD_CODE_DEDUP` (0 = off) set both at import; `configure_cache` at run time; `cache_stats`
+counts lookups, cache hits, shared runs and executions.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import os
 import re
 import secrets
 import signal
+import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 
 from rewards.registry import RewardResult, reward
@@ -37,6 +50,12 @@ from rewards.sandbox import ExecResult, Limits, default_pool, run_python
 from rl.types import Sample
 
 LIMITS = Limits(wall_s=5.0, cpu_s=4.0)
+# Samples per reward call. The pool times each call as a whole: a chunk whose programs all run to the
+# wall limit takes about ceil(8 / workers) * (wall_s + 1 s) = 24 s on 2 sandbox workers, inside the
+# default 30 s reward timeout, and a slow chunk zeros only its own samples.
+MAX_BATCH = 8
+# Outcomes that depend only on (program, tests, entry point, limits), not on machine load.
+CACHEABLE = frozenset({"pass", "assertion", "syntax", "candidate_error", "test_error", "exit"})
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _COMPARE_OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
@@ -251,7 +270,10 @@ _run(globals().pop("__sandbox_data__"))
 
 def _prepare(program: str, tests, entry_point: str | None) -> tuple[bytes, bytes]:
     """The harness payload and the channel bytes that mean "passed" (it holds a fresh nonce)."""
-    test_program = build_test_program(tests, entry_point)
+    return _payload(program, build_test_program(tests, entry_point), entry_point)
+
+
+def _payload(program: str, test_program: str, entry_point: str | None) -> tuple[bytes, bytes]:
     nonce = secrets.token_hex(16)
     data = json.dumps({"program": program, "tests": test_program, "entry_point": entry_point, "nonce": nonce})
     return data.encode(), b"PASS " + nonce.encode()
@@ -292,28 +314,109 @@ def _result(passed: bool, outcome: str) -> RewardResult:
     )
 
 
-@reward("code", batched=True)
+class _Verdicts:
+    """Deterministic verdicts (LRU, at most `max_entries`), runs in flight by key, and counters."""
+
+    def __init__(self, max_entries: int, dedup: bool) -> None:
+        self.lock = threading.Lock()
+        self.configure(max_entries, dedup)
+
+    def configure(self, max_entries: int, dedup: bool) -> None:
+        if max_entries < 0:
+            raise ValueError(f"cache size must be >= 0, got {max_entries}")
+        with self.lock:
+            self.max_entries, self.dedup = max_entries, dedup
+            self.cache: OrderedDict[str, tuple[bool, str]] = OrderedDict()
+            self.running: dict[str, Future] = {}
+            self.counts = {"lookups": 0, "hits": 0, "shared": 0, "executions": 0}
+
+    def submit(self, program: str, test_program: str, entry_point: str | None) -> Future:
+        """A future of (passed, outcome): from the cache, a run in flight, or a new sandbox run."""
+        # Trailing whitespace never changes what a program does: `f` and a fenced `f\n` share a key.
+        key = hashlib.sha256(json.dumps([program.rstrip(), test_program, entry_point, repr(LIMITS)]).encode()).hexdigest()
+        with self.lock:
+            self.counts["lookups"] += 1
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                self.counts["hits"] += 1
+                done: Future = Future()
+                done.set_result(self.cache[key])
+                return done
+            if key in self.running:
+                self.counts["shared"] += 1
+                return self.running[key]
+            self.counts["executions"] += 1
+            verdict: Future = Future()
+            if self.dedup:
+                self.running[key] = verdict
+        data, pass_token = _payload(program, test_program, entry_point)
+        try:
+            job = default_pool().submit(HARNESS, LIMITS, data)
+        except BaseException as exc:
+            self._settle(key, verdict, exc=exc)
+            raise
+        job.add_done_callback(lambda job: self._finish(key, verdict, job, pass_token))
+        return verdict
+
+    def _finish(self, key: str, verdict: Future, job: Future, pass_token: bytes) -> None:
+        try:
+            result = job.result()
+            value = _verdict(result, pass_token)
+        except BaseException as exc:  # noqa: BLE001 - SandboxError: every waiter sees it
+            self._settle(key, verdict, exc=exc)
+            return
+        # A process of the run killed at the tree's memory cap may have changed any verdict.
+        self._settle(key, verdict, value, cacheable=value[1] in CACHEABLE and not result.oom_killed)
+
+    def _settle(self, key: str, verdict: Future, value=None, exc: BaseException | None = None,
+                cacheable: bool = False) -> None:
+        with self.lock:
+            if self.running.get(key) is verdict:
+                del self.running[key]
+            if cacheable and self.max_entries:
+                self.cache[key] = value
+                self.cache.move_to_end(key)
+                while len(self.cache) > self.max_entries:
+                    self.cache.popitem(last=False)
+        verdict.set_exception(exc) if exc is not None else verdict.set_result(value)
+
+
+_verdicts = _Verdicts(int(os.environ.get("REWARD_CODE_CACHE", "100000")), os.environ.get("REWARD_CODE_DEDUP", "1") != "0")
+
+
+def configure_cache(max_entries: int = 100_000, dedup: bool = True) -> None:
+    """Set the verdict cache size (0 = no cache) and whether identical jobs in flight share one run;
+    empties the cache and resets the counters."""
+    _verdicts.configure(max_entries, dedup)
+
+
+def cache_stats() -> dict[str, int]:
+    """Counters since the last `configure_cache`: `lookups` (jobs asked for), `hits` (answered from
+    the cache), `shared` (joined an identical run in flight), `executions` (sandbox runs started);
+    and `entries` now cached. Hit rate = (hits + shared) / lookups."""
+    with _verdicts.lock:
+        return {**_verdicts.counts, "entries": len(_verdicts.cache)}
+
+
+@reward("code", batched=True, max_batch=MAX_BATCH)
 def code_reward(samples: list[Sample]) -> list[RewardResult]:
     """1.0 when the completion's program passes every test of its row, else 0.0; the batch runs
-    concurrently on the sandbox pool (one worker per usable CPU).
+    concurrently on the sandbox pool (one worker per usable CPU), each distinct job once.
 
     A row without valid `tests` raises when scored alone; inside a batch it scores 0 with
     `error` 1 and a printed warning, so that one bad row does not cost the whole batch."""
-    pool = default_pool()
-    jobs: list[tuple[Future, bytes] | None] = []
+    jobs: list[Future | None] = []
     for sample in samples:
         try:
             if "tests" not in sample.reference:
                 raise ValueError("code row has no 'tests' reference field")
-            data, pass_token = _prepare(
-                extract_program(sample.completion), sample.reference["tests"], sample.reference.get("entry_point")
-            )
+            entry_point = sample.reference.get("entry_point")
+            test_program = build_test_program(sample.reference["tests"], entry_point)
         except ValueError as exc:
             if len(samples) == 1:
                 raise
             print(f"[reward] code: prompt {sample.prompt_id}: {exc}", flush=True)
             jobs.append(None)
             continue
-        jobs.append((pool.submit(HARNESS, LIMITS, data), pass_token))
-    return [_result(False, "bad_tests") if job is None else _result(*_verdict(job[0].result(), job[1]))
-            for job in jobs]
+        jobs.append(_verdicts.submit(extract_program(sample.completion), test_program, entry_point))
+    return [_result(False, "bad_tests") if job is None else _result(*job.result()) for job in jobs]

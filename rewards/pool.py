@@ -300,9 +300,12 @@ class RewardPool:
         """Fill reward fields in place; return the samples and per-domain stats:
         `reward/errors/<domain>` (every domain in the batch), `time/reward/<domain>` (seconds of
         reward calls spent on the domain; calls overlap, so domains can sum to more than the wall
-        time) and `time/reward_compute` (wall seconds)."""
+        time), `time/reward_compute` (wall seconds) and, when code ran, the code reward's job counts
+        `reward/code/{lookups,cache_hits,shared,executions}` (counts, so they add across calls)."""
         t0 = time.perf_counter()
+        code_before = rewards.code.cache_stats()
         outcomes, seconds = self.evaluate(samples)
+        code_after = rewards.code.cache_stats()
         errors: dict[str, int] = {s.domain: 0 for s in samples}
         first_error: dict[str, str] = {}
         stats: dict[str, float] = defaultdict(float)
@@ -315,6 +318,10 @@ class RewardPool:
             else:
                 s.reward, s.reward_components, s.passed = outcome.score, outcome.components, bool(outcome.passed)
         stats.update({f"reward/errors/{d}": float(n) for d, n in errors.items()})
+        if code_after["lookups"] > code_before["lookups"]:
+            for key, name in (("lookups", "lookups"), ("hits", "cache_hits"), ("shared", "shared"),
+                              ("executions", "executions")):
+                stats[f"reward/code/{name}"] = float(max(0, code_after[key] - code_before[key]))
         stats["time/reward_compute"] = time.perf_counter() - t0
         for domain, msg in first_error.items():
             print(f"[reward] {errors[domain]} error(s) in domain {domain!r}; first: {msg}", flush=True)
@@ -333,11 +340,15 @@ def setup_rewards(config: Mapping[str, Any], load_models: bool = True) -> Routes
     and return its routing table: load `custom` rewards, register the reward model when
     `reward_model_path` is set (loading its weights only with `load_models`), resolve `routes`.
 
+    `code_cache` (entries, 0 = off) sizes the code reward's verdict cache.
+
     Raises RewardLoadError naming the bad spec, route or model. The driver calls it (without
     models) before starting reward actors, so a bad setting stops the run there; every reward
     actor calls it again at start-up, as registration is per process.
     """
     load_custom_rewards(list(config.get("custom", ())))
+    if "code_cache" in config:
+        rewards.code.configure_cache(int(config["code_cache"]))
     if config.get("reward_model_path"):
         from rewards.reward_model import register_reward_model
 

@@ -23,6 +23,16 @@ files in world-writable directories (/tmp) and the network stay reachable; witho
 only has rlimits and a process-group kill, and a warning is printed. Non-root users get
 "namespaces" through a user namespace where the kernel allows unprivileged ones.
 
+Memory across the process tree: RLIMIT_AS caps each process, so a program that forks N children
+could use N times the cap. Where this process may create cgroups (v2 with the memory and pids
+controllers delegated, or v1 memory and pids hierarchies, as root in a container), each run gets a
+cgroup of its own with the memory cap (`memory.max` / `memory.limit_in_bytes`, swap off) for the
+whole tree and a task cap (`pids.max`); the kernel's OOM killer ends the run when the tree passes
+it. The init joins the cgroup before anything else, so every descendant is in it; afterwards the
+host kills whatever is left there and removes it. Without writable cgroups the per-process limits
+stay the only ones. `isolation_report()` says which mode is active and why;
+`REWARD_SANDBOX_CGROUP=0` turns cgroups off.
+
 The program sees `__sandbox_data__` (bytes, from the `data` argument) in its globals; data travels
 through an anonymous memory file, never a path or argv. File descriptor 4 is a side channel whose
 bytes come back as `ExecResult.channel` (for a harness's end marker).
@@ -79,6 +89,8 @@ class ExecResult:
     channel: bytes = b""  # what the program wrote to fd 4
     wall_s: float = 0.0
     isolation: str = ""
+    cgroup: str = ""  # "v1" or "v2" when the run had a cgroup of its own, else ""
+    oom_killed: bool = False  # the cgroup's memory cap made the kernel kill a process of the run
 
     @property
     def ok(self) -> bool:
@@ -92,11 +104,21 @@ class SandboxError(RuntimeError):
 # ---------------------------------------------------------------- host side
 
 
-def run_python(source: str, limits: Limits = Limits(), data: bytes = b"", mode: str | None = None) -> ExecResult:
+def run_python(source: str, limits: Limits = Limits(), data: bytes = b"", mode: str | None = None,
+               cgroup: bool | None = None) -> ExecResult:
     """Run `source` as `__main__` in a fresh sandbox and return what happened; never raises for
-    anything the program does (SandboxError only when the sandbox cannot start)."""
+    anything the program does (SandboxError only when the sandbox cannot start). `cgroup`: None
+    uses a per-run cgroup where available, False never, True requires one."""
     mode = mode or isolation()
+    layout = None if cgroup is False else cgroup_layout()
+    if cgroup and layout is None:
+        raise SandboxError(f"no usable cgroups: {_cgroup_reason}")
+    return _run(source, limits, data, mode, layout)
+
+
+def _run(source: str, limits: Limits, data: bytes, mode: str, layout: _CgroupLayout | None) -> ExecResult:
     workdir = tempfile.mkdtemp(prefix="sandbox-")
+    group = None
     uid = _next_uid() if os.geteuid() == 0 else None
     if uid is not None:
         os.chown(workdir, uid, uid)
@@ -108,10 +130,16 @@ def run_python(source: str, limits: Limits = Limits(), data: bytes = b"", mode: 
     try:
         _write_all(data_fd, payload)
         os.lseek(data_fd, 0, os.SEEK_SET)
+        if layout is not None:
+            try:
+                group = _RunCgroup(layout, limits)
+            except OSError as exc:
+                raise SandboxError(f"sandbox cgroup ({layout.version}): {exc}") from exc
         config = {
             "limits": asdict(limits), "isolation": mode, "workdir": workdir, "uid": uid,
             "host_uid": os.getuid(), "host_gid": os.getgid(), "path": _import_path(),
             "fds": {"data": data_fd, "channel": chan_w, "status": stat_w},
+            "cgroup_procs": group.procs if group is not None else [],
         }
         start = time.monotonic()
         try:
@@ -126,10 +154,14 @@ def run_python(source: str, limits: Limits = Limits(), data: bytes = b"", mode: 
         result = _collect(proc, chan_r, stat_r, limits, start + limits.wall_s + 1.0)
         result.wall_s = time.monotonic() - start
         result.isolation = mode
+        if group is not None:
+            result.cgroup, result.oom_killed = layout.version, group.oom_killed()
         return result
     finally:
         for fd in (chan_r, stat_r):
             os.close(fd)
+        if group is not None:
+            group.remove()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -254,7 +286,7 @@ def _probe() -> str:
     probe_limits = Limits(wall_s=10.0)
     for mode in ("namespaces", "uid") if os.geteuid() == 0 else ("namespaces",):
         try:
-            result = run_python("import json, decimal; print('ok')", probe_limits, mode=mode)
+            result = _run("import json, decimal; print('ok')", probe_limits, b"", mode, None)
         except SandboxError:
             continue
         if result.ok and result.stdout == "ok\n":
@@ -262,6 +294,236 @@ def _probe() -> str:
     print("[sandbox] WARNING: no namespaces and not root: code runs with rlimits and a process-group "
           "kill only (files, network and escaped daemons are not contained)", file=sys.stderr, flush=True)
     return "session"
+
+
+# ---------------------------------------------------------------- cgroups (host side)
+
+CGROUP_PREFIX = "sandbox-"
+# Tasks of the sandbox itself in the cgroup besides the program's: the init(s) (two with a pid
+# namespace) or the init and its uid killer.
+_OWN_TASKS = 2
+
+
+@dataclass(frozen=True)
+class _CgroupLayout:
+    version: str  # "v2" or "v1"
+    parents: dict[str, str]  # controller ("" for v2) -> directory where run cgroups are made
+
+
+class _RunCgroup:
+    """One run's cgroup (one per v1 hierarchy): made with its limits before the run, emptied and
+    removed after it."""
+
+    _counter = 0
+    _lock = threading.Lock()
+
+    def __init__(self, layout: _CgroupLayout, limits: Limits) -> None:
+        with _RunCgroup._lock:
+            _RunCgroup._counter += 1
+            name = f"{CGROUP_PREFIX}{os.getpid()}-{_RunCgroup._counter}"
+        self.version = layout.version
+        self.dirs = {ctl: os.path.join(parent, name) for ctl, parent in layout.parents.items()}
+        memory, tasks = str(limits.memory_bytes), str(limits.processes + _OWN_TASKS)
+        try:
+            for path in self.dirs.values():
+                os.mkdir(path, 0o700)
+            if self.version == "v2":
+                _write_file(self.dirs[""], "memory.max", memory)
+                _write_file(self.dirs[""], "memory.swap.max", "0", optional=True)
+                _write_file(self.dirs[""], "pids.max", tasks)
+            else:
+                # memsw (memory + swap) may not be set below the memory limit: memory first.
+                _write_file(self.dirs["memory"], "memory.limit_in_bytes", memory)
+                _write_file(self.dirs["memory"], "memory.memsw.limit_in_bytes", memory, optional=True)
+                if "pids" in self.dirs:
+                    _write_file(self.dirs["pids"], "pids.max", tasks)
+        except OSError:
+            self.remove()
+            raise
+
+    @property
+    def procs(self) -> list[str]:
+        return [os.path.join(path, "cgroup.procs") for path in self.dirs.values()]
+
+    def oom_killed(self) -> bool:
+        memory_dir = self.dirs["" if self.version == "v2" else "memory"]
+        name = "memory.events" if self.version == "v2" else "memory.oom_control"
+        try:
+            with open(os.path.join(memory_dir, name)) as f:
+                counts = dict(line.split() for line in f if len(line.split()) == 2)
+        except OSError:
+            return False
+        return int(counts.get("oom_kill", "0")) > 0
+
+    def remove(self, wait_s: float = 2.0) -> bool:
+        """Kill every task left in the cgroup, then delete it; False if it outlived `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        for path in self.dirs.values():
+            while True:
+                _kill_cgroup(path)
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # EBUSY: tasks still exiting
+                    if time.monotonic() > deadline:
+                        print(f"[sandbox] WARNING: could not remove cgroup {path}", file=sys.stderr, flush=True)
+                        return False
+                    time.sleep(0.01)
+        return True
+
+
+def _write_file(directory: str, name: str, value: str, optional: bool = False) -> None:
+    try:
+        with open(os.path.join(directory, name), "w") as f:
+            f.write(value)
+    except OSError:
+        if not optional:
+            raise
+
+
+def _kill_cgroup(path: str) -> None:
+    """SIGKILL every task in the cgroup at `path` (cgroup.kill on v2 where the kernel has it)."""
+    if os.path.exists(os.path.join(path, "cgroup.kill")):
+        _write_file(path, "cgroup.kill", "1", optional=True)
+        return
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            pids = [int(line) for line in f if line.strip()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+_cgroup: _CgroupLayout | None = None
+_cgroup_reason = ""
+_cgroup_probed = False
+_cgroup_lock = threading.Lock()
+
+
+def cgroup_layout() -> _CgroupLayout | None:
+    """Where per-run cgroups are made, or None when they cannot be (probed once per process)."""
+    global _cgroup, _cgroup_reason, _cgroup_probed
+    with _cgroup_lock:
+        if not _cgroup_probed:
+            _cgroup, _cgroup_reason = _probe_cgroups()
+            _cgroup_probed = True
+        return _cgroup
+
+
+def isolation_report() -> dict[str, str]:
+    """Which isolation and which memory cap are active, and why: `isolation`, `cgroup` ("v1", "v2"
+    or "off"), `memory_cap` ("process tree" or "per process") and `cgroup_detail`."""
+    layout = cgroup_layout()
+    return {
+        "isolation": isolation(),
+        "cgroup": layout.version if layout else "off",
+        "memory_cap": "process tree" if layout else "per process",
+        "cgroup_detail": _cgroup_reason,
+    }
+
+
+def _probe_cgroups() -> tuple[_CgroupLayout | None, str]:
+    if os.environ.get("REWARD_SANDBOX_CGROUP", "1") == "0":
+        return None, "turned off by REWARD_SANDBOX_CGROUP=0"
+    reasons = []
+    for layout, reason in _cgroup_candidates():
+        if layout is None:
+            reasons.append(reason)
+            continue
+        _remove_stale(layout)
+        try:
+            result = _run("print('ok')", Limits(wall_s=10.0), b"", isolation(), layout)
+        except (SandboxError, OSError) as exc:
+            reasons.append(f"{layout.version}: {exc}")
+            continue
+        if result.ok and result.stdout == "ok\n":
+            return layout, f"{layout.version}: " + ", ".join(f"{c or 'unified'} at {p}" for c, p in layout.parents.items())
+        reasons.append(f"{layout.version}: a trial run failed ({result.stderr.strip()[-200:]})")
+    return None, "; ".join(reasons) or "no cgroup file system mounted"
+
+
+def _cgroup_candidates() -> list[tuple[_CgroupLayout | None, str]]:
+    """v2 then v1 layouts under this process's own cgroups, or a reason each is unusable."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+        with open("/proc/self/cgroup") as f:
+            member = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError as exc:
+        return [(None, f"cannot read cgroup membership: {exc}")]
+    v2_mount, v1_mounts = None, {}
+    for fields in mounts:
+        sep = fields.index("-")
+        fstype, options, root, point = fields[sep + 1], fields[sep + 3].split(","), fields[3], _unescape(fields[4])
+        if fstype == "cgroup2":
+            v2_mount = (root, point)
+        elif fstype == "cgroup":
+            v1_mounts.update({opt: (root, point) for opt in options if opt in ("memory", "pids")})
+    paths = {}
+    for _, controllers, path in (m for m in member if len(m) == 3):
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+
+    def inside(mount: tuple[str, str], path: str) -> str:
+        root, point = mount
+        rel = os.path.relpath(path, root) if path.startswith(root) else path.lstrip("/")
+        return os.path.normpath(os.path.join(point, rel))
+
+    candidates: list[tuple[_CgroupLayout | None, str]] = []
+    if v2_mount is not None and "" in paths:
+        parent = inside(v2_mount, paths[""])
+        try:
+            with open(os.path.join(parent, "cgroup.subtree_control")) as f:
+                delegated = set(f.read().split())
+        except OSError as exc:
+            delegated = set()
+            candidates.append((None, f"v2: {exc}"))
+        if {"memory", "pids"} <= delegated:
+            candidates.append((_CgroupLayout("v2", {"": parent}), ""))
+        elif not candidates:
+            candidates.append((None, f"v2: {parent} does not give children the memory and pids controllers "
+                                     f"(cgroup.subtree_control: {' '.join(sorted(delegated)) or 'empty'})"))
+    if "memory" in v1_mounts and "memory" in paths:
+        parents = {c: inside(v1_mounts[c], paths[c]) for c in ("memory", "pids") if c in v1_mounts and c in paths}
+        candidates.append((_CgroupLayout("v1", parents), ""))
+    else:
+        candidates.append((None, "v1: no memory hierarchy mounted"))
+    return candidates
+
+
+def _remove_stale(layout: _CgroupLayout) -> None:
+    """Remove empty run cgroups left by processes that died before removing theirs (their tasks
+    died with them: PDEATHSIG and the pid namespace). Never kills: a pid that looks dead here may
+    belong to another pid namespace sharing this cgroup tree."""
+    for parent in layout.parents.values():
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            owner = name[len(CGROUP_PREFIX):].split("-")[0]
+            if not owner.isdigit() or int(owner) == os.getpid() or _alive(int(owner)):
+                continue
+            try:
+                os.rmdir(os.path.join(parent, name))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SandboxPool:
@@ -344,6 +606,9 @@ def _init_main(config_json: str) -> None:
     libc, ctypes = _libc()
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the host died: so do we
     try:
+        for procs in cfg["cgroup_procs"]:  # first: every process of the run starts inside
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
         if cfg["isolation"] == "namespaces":
             _enter_namespaces(cfg, libc, ctypes)  # returns only in the pid-1 init
         if cfg["isolation"] == "namespaces":

@@ -227,6 +227,11 @@ class RewardConfig:
     reward_model_max_length: int = field(
         default=1024, metadata={"help": "most tokens per reward-model input (cut from the left)", "min": 1}
     )
+    code_cache: int = field(
+        default=100_000,
+        metadata={"help": "entries in the code reward's verdict cache (identical program and tests run once); "
+                          "0 = off", "min": 0},
+    )
 
     def validate(self) -> None:
         from rewards.registry import parse_route
@@ -344,7 +349,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class MiningConfig:
     enabled: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "iterative hard-example mining; false = shuffled epochs with zero-variance groups dropped"},
     )
     too_hard_max: float = field(

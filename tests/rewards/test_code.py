@@ -11,8 +11,9 @@ import pytest
 import rewards.code as code
 from data_mining.tasks import code_task, iter_code_tasks
 from rewards.code import build_test_program, code_reward, extract_program, run_tests
-from rewards.registry import DEFAULT_DOMAIN_REWARDS, score_sample
-from rewards.sandbox import Limits
+from rewards.pool import score_samples
+from rewards.registry import DEFAULT_DOMAIN_REWARDS, batch_limit, score_sample
+from rewards.sandbox import Limits, SandboxPool
 from rl.types import Sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,3 +217,62 @@ def test_code_tasks_are_stable_and_solvable():
     batch = [sample(r.reference["solution"], r.reference["tests"]) for r in picks]
     batch += [sample("def f(x): return x", r.reference["tests"]) for r in picks]
     assert [r.score for r in code_reward(batch)] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+class CountingPool(SandboxPool):
+    """A real sandbox pool that counts the programs submitted to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+@pytest.fixture
+def counting_pool(monkeypatch):
+    pool = CountingPool()
+    monkeypatch.setattr(code, "default_pool", lambda: pool)
+    monkeypatch.setattr(code, "LIMITS", LIMITS)
+    code.configure_cache(100, dedup=True)
+    yield pool
+    code.configure_cache()
+    pool.shutdown()
+
+
+def test_identical_jobs_run_once_and_repeats_come_from_the_cache(counting_pool):
+    right, wrong = "def f(x): return x + 3", "def f(x): return x + 2"
+    batch = [sample(right), sample(f"```python\n{right}\n```"), sample(f"Sure:\n```\n{right}\n```"),
+             sample(wrong), sample(wrong), sample(right, tests=ASSERTS[:1]), sample("def f(x) return")]
+    first = code_reward(batch)
+    assert [r.score for r in first] == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert counting_pool.submitted == 4  # right, wrong, right with other tests, syntax error
+    assert code.cache_stats() == {"lookups": 7, "hits": 0, "shared": 3, "executions": 4, "entries": 4}
+    again = code_reward(batch)
+    assert counting_pool.submitted == 4
+    assert [(r.score, r.components, r.passed) for r in again] == [(r.score, r.components, r.passed) for r in first]
+    assert code.cache_stats()["hits"] == 7
+
+
+def test_timeouts_are_not_cached_and_the_cache_can_be_turned_off(counting_pool):
+    loop = sample("def f(x):\n    while True:\n        pass")
+    results = code_reward([loop, loop])  # one run, shared
+    assert [r.components["timeout"] for r in results] == [1.0, 1.0] and counting_pool.submitted == 1
+    assert code_reward([loop])[0].components["timeout"] == 1.0
+    assert counting_pool.submitted == 2 and code.cache_stats()["entries"] == 0
+    code.configure_cache(0, dedup=False)
+    good = sample("def f(x): return x + 3")
+    assert [r.score for r in code_reward([good, good])] == [1.0, 1.0]
+    assert [r.score for r in code_reward([good])] == [1.0]
+    assert counting_pool.submitted == 5 and code.cache_stats()["entries"] == 0
+
+
+def test_reward_pool_reports_code_job_counts(counting_pool):
+    good = sample("def f(x): return x + 3")
+    _, stats = score_samples([good, good, sample("def f(x): return 0")], timeout_s=30.0)
+    assert (stats["reward/code/lookups"], stats["reward/code/shared"], stats["reward/code/executions"]) == (3, 1, 2)
+    _, stats = score_samples([good], timeout_s=30.0)
+    assert stats["reward/code/cache_hits"] == 1.0 and stats["reward/code/executions"] == 0.0
+    assert batch_limit(code.code_reward) == code.MAX_BATCH

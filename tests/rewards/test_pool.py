@@ -69,6 +69,24 @@ def test_hanging_reward_times_out_scores_zero_and_run_goes_on(capsys):
         assert [s.reward for s in scored] == [1.0] * 4 and stats["reward/errors/h"] == 0.0
 
 
+def test_slow_chunk_of_a_batched_reward_zeros_only_its_own_samples(capsys):
+    @reward("t_chunks", batched=True, max_batch=2)
+    def chunks(samples):
+        if any(s.completion == "slow" for s in samples):
+            time.sleep(1.5)
+        return [RewardResult(1.0) for _ in samples]
+
+    samples = [_s("c", "ok", 0), _s("c", "ok", 1), _s("c", "slow", 2), _s("c", "ok", 3), _s("c", "ok", 4)]
+    with RewardPool({"c": [("t_chunks", 1.0)]}, timeout_s=0.5, threads=3) as pool:
+        t0 = time.perf_counter()
+        scored, stats = pool.score(samples)
+        assert time.perf_counter() - t0 < 1.4
+    # Chunks [0, 1], [2, 3], [4]: only the one holding the slow sample times out.
+    assert [s.reward for s in scored] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert stats["reward/errors/c"] == 2.0
+    assert "2 error(s) in domain 'c'; first: prompt p2: reward 't_chunks': RewardTimeout" in capsys.readouterr().out
+
+
 def test_pure_python_infinite_loop_is_stopped_after_its_timeout():
     ticks = [0]
 

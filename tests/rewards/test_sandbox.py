@@ -3,16 +3,30 @@ small margin) and leave the host untouched."""
 
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from rewards.sandbox import UID_BASE, Limits, SandboxPool, isolation, run_python
+from rewards.sandbox import (
+    CGROUP_PREFIX,
+    UID_BASE,
+    Limits,
+    SandboxPool,
+    cgroup_layout,
+    isolation,
+    isolation_report,
+    run_python,
+)
 
 LIMITS = Limits(wall_s=2.0, cpu_s=1.0, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
 MARGIN_S = 1.5  # process start-up and teardown on a busy 2-core machine
 CONTAINED = pytest.mark.skipif(isolation() == "session", reason="no namespaces and not root: nothing to contain")
 NAMESPACES = pytest.mark.skipif(isolation() != "namespaces", reason="needs mount and network namespaces")
+CGROUPS = pytest.mark.skipif(cgroup_layout() is None,
+                             reason=f"no writable cgroups here: {isolation_report()['cgroup_detail']}")
 
 
 def sandbox_processes() -> list[int]:
@@ -162,6 +176,52 @@ def test_memory_limit():
     assert not result.ok and "MemoryError" in result.stderr
     with pytest.raises(ValueError, match="4 GiB"):
         Limits(memory_bytes=5 << 30)
+
+
+FORKED_MEMORY = """
+import os, time
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = b"x" * (200 << 20)  # written, so resident
+        time.sleep(1.0)
+        os._exit(0)
+    children.append(pid)
+failed = sum(os.waitpid(pid, 0)[1] != 0 for pid in children)
+print("failed children:", failed)
+raise SystemExit(1 if failed else 0)
+"""
+
+
+@CGROUPS
+def test_memory_cap_covers_the_whole_process_tree():
+    # Each child stays under the per-process cap; together they hold 800 MiB against a 256 MiB cap.
+    limits = Limits(wall_s=4.0, cpu_s=3.0, memory_bytes=256 << 20)
+    result = run(FORKED_MEMORY, limits)
+    assert not result.ok and result.oom_killed and result.cgroup == cgroup_layout().version, result
+    assert sandbox_processes() == []
+    leftovers = [name for parent in cgroup_layout().parents.values() for name in os.listdir(parent)
+                 if name.startswith(f"{CGROUP_PREFIX}{os.getpid()}-")]
+    assert leftovers == []
+    # Per-process limits alone let the same tree through.
+    result = run(FORKED_MEMORY, limits, cgroup=False)
+    assert result.ok and result.stdout == "failed children: 0\n" and not result.oom_killed
+
+
+def test_isolation_report_names_the_active_mode():
+    report = isolation_report()
+    assert report["isolation"] == isolation() and report["cgroup"] in ("v1", "v2", "off")
+    assert report["memory_cap"] == ("per process" if report["cgroup"] == "off" else "process tree")
+    assert report["cgroup_detail"]
+    assert run("print(1)").cgroup == ("" if report["cgroup"] == "off" else report["cgroup"])
+    # Turned off: the per-process limits only, and programs still run.
+    probe = ("from rewards.sandbox import isolation_report, run_python\n"
+             "r = run_python('print(2)')\nprint(isolation_report()['cgroup'], r.stdout.strip(), repr(r.cgroup))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2],
+                          env={**os.environ, "REWARD_SANDBOX_CGROUP": "0", "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.split() == ["off", "2", "''"], proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid fallback needs root")
