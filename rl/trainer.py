@@ -9,10 +9,18 @@ One `train_step` takes the scored Samples of an RL step and:
 3. runs `updates_per_step` optimiser steps over slices of the batch, each accumulated over
    micro-batches, with the loss normalised by the slice's global token (or sequence) count so the
    result does not depend on the micro-batch size.
+
+Data parallel (several processes, e.g. gloo on CPU, started with RANK/WORLD_SIZE/MASTER_ADDR/
+MASTER_PORT set, the same seed in each): every process gets the whole batch, computes the same
+advantages, slices and normalisers from it, and runs forward/backward on its own share of each slice
+only; the metrics are merged across processes. A share's loss
+sum_{its tokens} L_t / N_slice, times the number of processes W, averaged over the processes by DDP,
+gives sum_{all tokens} L_t / N_slice: the one-process gradient of the same batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -79,7 +87,7 @@ class TrainerWorker:
         max_new_tokens: int = 16,
         total_steps: int = 1,
     ) -> None:
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.cfg = TrainConfig(**cfg)
         os.environ["OMP_NUM_THREADS"] = str(self.cfg.threads)
@@ -87,7 +95,14 @@ class TrainerWorker:
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.max_new_tokens = max_new_tokens
-        self.accelerator = Accelerator(cpu=True, mixed_precision="no")  # the model's own dtype
+        # Data parallel: experts that get no token in a process have no gradient there (find unused);
+        # buffers are never trained, and not broadcasting them keeps forwards free of collectives,
+        # so processes may run different numbers of them. One scheduler step per optimiser step:
+        # the batch is split, not multiplied, across processes.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+        self.accelerator = Accelerator(
+            cpu=True, mixed_precision="no", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
+        )  # the model's own dtype
         model = load_policy(model_path, dtype)
         model.config.use_cache = False
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -143,6 +158,10 @@ class TrainerWorker:
             out.extend(logprobs[i, : len(s.completion_ids)] for i, s in enumerate(chunk))
         return out
 
+    def _logprobs_of(self, model: torch.nn.Module, samples: list[Sample], idx: list[int]) -> dict[int, torch.Tensor]:
+        """`_logprobs` of the samples at `idx`, keyed by index."""
+        return dict(zip(idx, self._logprobs(model, [samples[i] for i in idx])))
+
     @torch.no_grad()
     def routing_report(self, samples: list[Sample]) -> dict[str, float]:
         """Diagnose rollout/trainer agreement on `samples` without updating anything.
@@ -189,18 +208,22 @@ class TrainerWorker:
         self._agreement = [0.0, 0.0]
         self._moe = {}
         staleness = [self.version - s.policy_version for s in samples]  # policy versions behind
+        order = list(range(len(samples)))
+        self.rng.shuffle(order)  # the same seed, so the same order, in every process
+        slices = _chunks(order, math.ceil(len(order) / cfg.updates_per_step))
+        shares = [self._share(samples, slice_idx) for slice_idx in slices]
+        mine = sorted(i for share in shares for i in share)  # this process's samples, in batch order
         # With one optimiser step per batch the training forward runs on the pre-update weights, so
         # its detached log-probs are the "old" ones; more steps need them computed up front.
-        old = self._logprobs(self.model, samples) if cfg.updates_per_step > 1 else None
-        ref = self._logprobs(self.ref_model, samples) if self.ref_model is not None else None
+        old = self._logprobs_of(self.model, samples, mine) if cfg.updates_per_step > 1 else None
+        ref = self._logprobs_of(self.ref_model, samples, mine) if self.ref_model is not None else None
         stats: dict[str, list[float]] = {}
         gaps: list[torch.Tensor] = []  # |old - rollout| per valid token; each sample is in one slice
-        order = list(range(len(samples)))
-        self.rng.shuffle(order)
         self.model.train()
-        for slice_idx in _chunks(order, math.ceil(len(order) / cfg.updates_per_step)):
-            self._update(samples, old, ref, slice_idx, stats, gaps)
+        for slice_idx, share in zip(slices, shares):
+            self._update(samples, old, ref, slice_idx, share, stats, gaps)
         self.version += 1
+        stats, gaps = self._gather(stats, gaps)
         gap = torch.cat(gaps) if gaps else torch.zeros(0)
         result = {k: sum(v) / len(v) for k, v in stats.items()}
         result.update(
@@ -223,63 +246,120 @@ class TrainerWorker:
         )
         return result
 
+    def _gather(
+        self, stats: dict[str, list[float]], gaps: list[torch.Tensor]
+    ) -> tuple[dict[str, list[float]], list[torch.Tensor]]:
+        """Every process's per-micro-batch statistics, log-prob gaps, routing agreement and expert-load
+        counts, merged in every process (nothing to do with one process)."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return stats, gaps
+        parts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(parts, (stats, gaps, self._agreement, self._moe))
+        stats, gaps, self._agreement, self._moe = {}, [], [0.0, 0.0], {}
+        for part_stats, part_gaps, agreement, moe in parts:
+            for key, values in part_stats.items():
+                stats.setdefault(key, []).extend(values)
+            gaps.extend(part_gaps)
+            self._agreement = [a + b for a, b in zip(self._agreement, agreement)]
+            for domain, acc in moe.items():
+                total = self._moe.setdefault(domain, [torch.zeros_like(acc[0]), 0.0, 0.0])
+                for i in range(3):
+                    total[i] = total[i] + acc[i]
+        return stats, gaps
+
+    def _share(self, samples: list[Sample], slice_idx: list[int]) -> list[int]:
+        """This process's samples of an optimiser step's slice (all of them with one process).
+
+        Sorted by length, so micro-batches of similar lengths pad less (short arithmetic answers
+        apart from long code prompts), then dealt round-robin, so processes get similar token counts.
+        The loss sums are normalised by the slice totals, so neither choice changes the result.
+        """
+        by_length = sorted(slice_idx, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+        return by_length[self.accelerator.process_index :: self.accelerator.num_processes]
+
     def _update(
-        self, samples, old, ref, slice_idx: list[int], stats: dict[str, list[float]], gaps: list[torch.Tensor]
+        self, samples, old, ref, slice_idx: list[int], share: list[int], stats: dict[str, list[float]],
+        gaps: list[torch.Tensor],
     ) -> None:
         cfg = self.cfg
         chosen = [samples[i] for i in slice_idx]
-        # Normalisers over the whole optimiser step, so accumulation does not change the loss.
+        # Normalisers over the whole optimiser step (all micro-batches and processes), so neither
+        # accumulation nor data parallelism changes the loss.
         global_tokens = float(sum(len(s.completion_ids) for s in chosen))
         global_seqs = float(sum(1 for s in chosen if s.completion_ids))
         global_valid = float(sum(len(s.prompt_ids) + len(s.completion_ids) for s in chosen))
         self.optimizer.zero_grad(set_to_none=True)
-        for micro in _chunks(slice_idx, cfg.micro_batch_samples):
-            batch_samples = [samples[i] for i in micro]
-            batch = CompletionBatch.from_samples(batch_samples, self.pad_id)
-            mask = batch.completion_mask  # [b, T]
-            t = mask.shape[1]
-            adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
-            logprobs, entropy = self._policy_logprobs(
-                batch_samples, batch, with_entropy=True, measure=old is None
-            )  # [b, T]
-            old_lp = logprobs.detach() if old is None else self._pad([old[i] for i in micro], t)  # [b, T]
-            rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
-            gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
-            per_token, loss_stats = algos.policy_loss(
-                cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                dual_clip=cfg.dual_clip or None,
-            )
-            if cfg.tis_cap > 0:
-                tis = algos.truncated_is_weights(old_lp, rollout_lp, cfg.tis_cap)  # [b, T]
-                per_token = per_token * tis
-                stats.setdefault("train/tis_weight_mean", []).append(algos.masked_mean(tis, mask).item())
-                stats.setdefault("train/tis_capped_fraction", []).append(
-                    algos.masked_mean((tis >= cfg.tis_cap).float(), mask).item()
-                )
-            if ref is not None:
-                kl = algos.kl_penalty(cfg.kl_estimator, logprobs, self._pad([ref[i] for i in micro], t))  # [b, T]
-                per_token = per_token + cfg.kl_coef * kl
-                stats.setdefault("train/kl", []).append(algos.masked_mean(kl.detach(), mask).item())
-            loss = algos.aggregate_loss(
-                per_token, mask, cfg.loss_agg,
-                global_tokens=global_tokens, global_seqs=global_seqs, max_len=self.max_new_tokens,
-            )
-            aux = self._moe_step(batch_samples, batch, global_valid)
-            if aux is not None:
-                loss = loss + cfg.aux_loss_coef * aux
-                stats.setdefault("moe/aux_loss", []).append(aux.item())
-            self.accelerator.backward(loss)
-            stats.setdefault("train/loss", []).append(loss.item())
-            stats.setdefault("train/entropy", []).append(algos.masked_mean(entropy, mask).item())
-            stats.setdefault("train/clip_fraction", []).append(loss_stats["clip_fraction"].item())
+        # DDP averages the gradients over the processes; each share's loss is a part of the slice's
+        # sum, so scaling by the number of processes makes the average that sum's gradient.
+        scale = float(self.accelerator.num_processes)
+        micros = _chunks(share, cfg.micro_batch_samples)
+        if not micros:  # every process must join the synchronising backward: one sample, weight 0
+            micros, scale, stats, gaps, old, ref = [slice_idx[:1]], 0.0, {}, [], None, None
+        for n, micro in enumerate(micros):
+            # Gradients are averaged once, in the last backward, over everything accumulated.
+            sync = contextlib.nullcontext() if n == len(micros) - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                self._micro_step(samples, old, ref, micro, scale, global_tokens, global_seqs, global_valid, stats, gaps)
         if cfg.grad_clip > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             stats.setdefault("train/grad_norm", []).append(float(norm))
         self.optimizer.step()
         self.scheduler.step()
 
-    def _moe_step(self, samples: list[Sample], batch: CompletionBatch, global_valid: float) -> torch.Tensor | None:
-        """After a training forward: count expert load per domain; return the balance loss, if on.
+    def _micro_step(
+        self, samples, old, ref, micro: list[int], scale: float, global_tokens: float, global_seqs: float,
+        global_valid: float, stats: dict[str, list[float]], gaps: list[torch.Tensor],
+    ) -> None:
+        """Forward and backward of one micro-batch, gradients accumulated.
+
+        `scale` 0 is the stand-in backward of a process with no share: it counts no routing agreement
+        or expert load (its `stats` and `gaps` are thrown away by the caller).
+        """
+        cfg = self.cfg
+        batch_samples = [samples[i] for i in micro]
+        batch = CompletionBatch.from_samples(batch_samples, self.pad_id)
+        mask = batch.completion_mask  # [b, T]
+        t = mask.shape[1]
+        adv = torch.tensor([samples[i].advantage for i in micro])[:, None].expand(-1, t)  # [b, T]
+        logprobs, entropy = self._policy_logprobs(
+            batch_samples, batch, with_entropy=True, measure=old is None and scale > 0
+        )  # [b, T]
+        old_lp = logprobs.detach() if old is None else self._pad([old[i] for i in micro], t)  # [b, T]
+        rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
+        gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
+        per_token, loss_stats = algos.policy_loss(
+            cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip or None,
+        )
+        if cfg.tis_cap > 0:
+            tis = algos.truncated_is_weights(old_lp, rollout_lp, cfg.tis_cap)  # [b, T]
+            per_token = per_token * tis
+            stats.setdefault("train/tis_weight_mean", []).append(algos.masked_mean(tis, mask).item())
+            stats.setdefault("train/tis_capped_fraction", []).append(
+                algos.masked_mean((tis >= cfg.tis_cap).float(), mask).item()
+            )
+        if ref is not None:
+            kl = algos.kl_penalty(cfg.kl_estimator, logprobs, self._pad([ref[i] for i in micro], t))  # [b, T]
+            per_token = per_token + cfg.kl_coef * kl
+            stats.setdefault("train/kl", []).append(algos.masked_mean(kl.detach(), mask).item())
+        loss = algos.aggregate_loss(
+            per_token, mask, cfg.loss_agg,
+            global_tokens=global_tokens, global_seqs=global_seqs, max_len=self.max_new_tokens,
+        )
+        aux = self._moe_step(batch_samples, batch, global_valid, record=scale > 0)
+        if aux is not None:
+            loss = loss + cfg.aux_loss_coef * aux
+            stats.setdefault("moe/aux_loss", []).append(aux.item())
+        self.accelerator.backward(loss * scale)
+        stats.setdefault("train/loss", []).append(loss.item())
+        stats.setdefault("train/entropy", []).append(algos.masked_mean(entropy, mask).item())
+        stats.setdefault("train/clip_fraction", []).append(loss_stats["clip_fraction"].item())
+
+    def _moe_step(
+        self, samples: list[Sample], batch: CompletionBatch, global_valid: float, record: bool = True
+    ) -> torch.Tensor | None:
+        """After a training forward: count expert load per domain (with `record`); return the balance loss, if on.
 
         The loss is the EP-group load-balancing loss (group size 1 = the plain auxiliary loss),
         averaged over layers, on this micro-batch's real tokens and weighted by their share of the
@@ -292,7 +372,7 @@ class TrainerWorker:
         token_domain = [s.domain for s in samples for _ in range(seq_len)]
         num_experts = self.replay.num_experts
         with torch.no_grad():
-            for domain in {s.domain for s in samples}:
+            for domain in {s.domain for s in samples} if record else ():
                 sel = valid & torch.tensor([d == domain for d in token_domain])  # [B * S]
                 acc = self._moe.setdefault(domain, [torch.zeros(self.replay.num_layers, num_experts), 0.0, 0.0])
                 for layer, used in self.replay.used.items():
