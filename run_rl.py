@@ -17,11 +17,15 @@ from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_task_split
-from rl.actors import Actors, build_actors, evaluate, generate, score, start_ray, sync_weights
+from rl.actors import (ENGINE_RNG, Actors, build_actors, evaluate, generate, resume_actors, save_actors, score,
+                       start_ray, sync_weights)
 from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, sample_metrics
 from rl.report import write_report
+from rl.trainer import TRAINER_STATE
+
+RESUME = "resume.json"  # in every checkpoint: {"step": the step a resumed run starts at}
 
 
 def prepare_checkpoint(cfg: Config, dry_run: bool = False) -> str:
@@ -56,6 +60,52 @@ def check_checkpoint(path: Path) -> None:
     # transformers builds an empty tokenizer rather than fail when the files are missing.
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         sys.exit(f"error: model.path {str(path)!r} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+
+
+def resume_step(cfg: Config) -> int:
+    """The step a run resumed from run.resume starts at (0 for a fresh run). A directory that is not
+    a checkpoint written by `save_checkpoint` exits with status 2, naming it and what it lacks."""
+    if not cfg.run.resume:
+        return 0
+    path = Path(cfg.run.resume)
+    needs = {"config.json": "config.json", "*.safetensors": "weights (*.safetensors)",
+             TRAINER_STATE: TRAINER_STATE, ENGINE_RNG: ENGINE_RNG, "ledger.parquet": "ledger.parquet", RESUME: RESUME}
+    missing = [what for pattern, what in needs.items() if not any(path.glob(pattern))]
+    problem = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}" if missing else ""
+    if not problem:
+        try:
+            return int(json.loads((path / RESUME).read_text())["step"])
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"has an unreadable {RESUME} ({exc!r})"
+    print(f"error: run.resume {str(path)!r} is not a checkpoint directory to resume from: it {problem}",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def save_checkpoint(cfg: Config, actors: Actors, miner: Miner, path: Path, step: int) -> None:
+    """Everything `run.resume=path` continues from: weights (a normal Hugging Face checkpoint with its
+    tokenizer), trainer and engine state, the ledger with the sampler state, and the step to start at."""
+    save_actors(actors, path)
+    for f in Path(cfg.model.path).iterdir():  # tokenizer files travel with the weights
+        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
+            shutil.copy(f, path / f.name)
+    miner.save(path)
+    (path / RESUME).write_text(json.dumps({"step": step, "of_steps": cfg.run.steps}))
+
+
+def setup_run(cfg: Config, model_path: str, train_rows: list[dict]) -> tuple[Actors, Miner, int]:
+    """Actors, miner and first step. Resumed (run.resume): policy and engines load the checkpoint's
+    weights (the KL reference stays `model_path`), and the trainer's optimiser, LR schedule, version and
+    RNG, the engines' RNG and the ledger and sampler continue from it."""
+    start = resume_step(cfg)
+    actors = build_actors(cfg, cfg.run.resume or model_path, ref_path=model_path)
+    miner = Miner.from_config(cfg, train_rows)
+    if cfg.run.resume:
+        miner.load(cfg.run.resume)
+        version = resume_actors(actors, cfg.run.resume)
+        print(f"resumed from {cfg.run.resume} at step {start} of {cfg.run.steps} (policy version {version}): "
+              "weights, optimiser, LR schedule, RNG streams, ledger and sampler restored", flush=True)
+    return actors, miner, start
 
 
 def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -120,13 +170,13 @@ def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict)
 
 
 def rl_loop(cfg: Config, actors: Actors, data: Miner | EpochSampler, log: MetricsLog, run_dir: Path,
-            deadline: float | None = None) -> int:
-    """The RL steps: draw (mine) -> generate -> reward -> update -> push weights, each phase timed.
-    Returns the number of steps run (fewer than run.steps when the deadline passes)."""
+            deadline: float | None = None, start: int = 0) -> int:
+    """The RL steps `start`..run.steps-1: draw (mine) -> generate -> reward -> update -> push weights,
+    each phase timed. Returns the steps done by the end (fewer than run.steps when the deadline passes)."""
     miner = data if isinstance(data, Miner) else Miner.from_config(cfg, data.rows, sampler=data)
-    for step in range(cfg.run.steps):
+    for step in range(start, cfg.run.steps):
         if deadline is not None and time.time() >= deadline:
-            print(f"run.max_seconds reached after {step} steps", flush=True)
+            print(f"run.max_seconds reached at step {step}", flush=True)
             return step
         timer, reward_stats = PhaseTimer(), {}
         drawn = miner.next_batch(step, rollouts(cfg, actors, timer, reward_stats))
@@ -146,14 +196,14 @@ def rl_loop(cfg: Config, actors: Actors, data: Miner | EpochSampler, log: Metric
                   f"{cfg.rollout.logprob_gap_warn:.0e} at step {step}", flush=True)
         log.log(step, metrics)
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
-            ray.get(actors.trainer.save.remote(str(run_dir / f"checkpoint-{step + 1}")))
-            miner.save(run_dir / f"checkpoint-{step + 1}")
+            save_checkpoint(cfg, actors, miner, run_dir / f"checkpoint-{step + 1}", step + 1)
             miner.save(run_dir)
     return cfg.run.steps
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_cli(argv, description=__doc__)
+    start_step = resume_step(cfg)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -168,17 +218,17 @@ def main(argv: list[str] | None = None) -> int:
                                        ("TensorBoard", m.tensorboard), ("W&B", m.wandb)) if on]
         where = "the cluster's" if cfg.run.ray_address else f"{m.dashboard_host}:{m.dashboard_port}"
         print(f"monitor: Ray dashboard on {where}; metrics to {', '.join(sinks)}; progress {m.progress}")
+        if cfg.run.resume:
+            print(f"resume: from {cfg.run.resume} at step {start_step}")
         return 0
 
     start_ray(cfg)
-    actors = build_actors(cfg, model_path)
-    miner = Miner.from_config(cfg, train_rows)
-    if cfg.run.resume:
-        miner.load(cfg.run.resume)
-        print(f"data side resumed from {cfg.run.resume}", flush=True)
+    actors, miner, start_step = setup_run(cfg, model_path, train_rows)
     log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})
     summary: dict = {"model": model_path}
-    if cfg.eval.before:
+    if cfg.eval.before and cfg.run.resume:
+        print("held-out evaluation before RL skipped: a resumed run's policy is no longer the starting one", flush=True)
+    elif cfg.eval.before:
         summary["heldout_before"] = evaluate(actors, heldout_rows, cfg)
         print(f"held-out sampled pass rate before RL: {_rates(summary['heldout_before'])}", flush=True)
 
@@ -187,20 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         offline = miner.offline_pass(rollouts(cfg, actors, PhaseTimer(), {}))
         print(f"offline pass: {offline['mining/offline_rollouts']:.0f} rollouts in {time.time() - start:.0f} s; "
               + ", ".join(f"{k.removeprefix('mining/band/')} {v:.0f}" for k, v in offline.items() if "/band/" in k), flush=True)
-    steps = rl_loop(cfg, actors, miner, log, run_dir, start + cfg.run.max_seconds if cfg.run.max_seconds else None)
+    steps = rl_loop(cfg, actors, miner, log, run_dir, start + cfg.run.max_seconds if cfg.run.max_seconds else None,
+                    start=start_step)
     log.close()
     summary["steps"] = steps
     summary["mining"] = {**miner.totals, "rollouts_per_useful_group": miner.totals["rollouts"] / max(1, miner.totals["useful_groups"])}
 
     final = run_dir / "final"
-    ray.get(actors.trainer.save.remote(str(final)))
-    for f in Path(model_path).iterdir():  # tokenizer files travel with the weights
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
-            shutil.copy(f, final / f.name)
+    save_checkpoint(cfg, actors, miner, final, steps)
     if cfg.eval.after:
         summary["heldout_after"] = evaluate(actors, heldout_rows, cfg)
     summary["final_checkpoint"] = str(final)
-    miner.save(final)
     miner.save(run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     before, after = summary.get("heldout_before"), summary.get("heldout_after")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from rewards.custom import pin_spec
 from rewards.pool import RewardWorker, setup_rewards
@@ -59,7 +61,9 @@ class Actors:
     trainer: Any
 
 
-def build_actors(cfg: Config, model_path: str) -> Actors:
+def build_actors(cfg: Config, model_path: str, ref_path: str | None = None) -> Actors:
+    """Rollout, reward and trainer actors; engines and policy start from `model_path`, the KL
+    reference from `ref_path` (default `model_path`)."""
     # Checked in the driver first: a bad custom reward, route or reward model stops the run here,
     # naming it, before any actor starts. Each reward actor repeats the set-up in its own process.
     reward_config = {**asdict(cfg.reward), "custom": [pin_spec(spec) for spec in cfg.reward.custom]}
@@ -94,10 +98,45 @@ def build_actors(cfg: Config, model_path: str) -> Actors:
             seed=cfg.run.seed,
             max_new_tokens=cfg.rollout.max_new_tokens,
             total_steps=cfg.run.steps,
+            ref_path=ref_path,
         )
     )
     ray.get([r.info.remote() for r in rollouts + rewards] + [trainer.state.remote()])
     return Actors(rollouts, rewards, trainer)
+
+
+# vLLM's CPU sampler draws its Gumbel seeds from the global torch generator of the process the
+# engine runs in (the rollout actor's), so that generator's state fixes the samples still to come.
+ENGINE_RNG = "rollout_rng.pt"
+
+
+def _engine_rng(worker: Any) -> torch.Tensor:
+    return torch.get_rng_state()
+
+
+def _resume_engine(worker: Any, rng: torch.Tensor | None, version: int) -> None:
+    if rng is not None:
+        torch.set_rng_state(rng)
+    worker.version = version
+
+
+def save_actors(actors: Actors, path: str | Path) -> None:
+    """The trainer's checkpoint (weights, optimiser, LR schedule, version, RNG) and each rollout
+    engine's RNG state (`rollout_rng.pt`) into `path`."""
+    ray.get(actors.trainer.save.remote(str(path)))
+    torch.save(ray.get([r.__ray_call__.remote(_engine_rng) for r in actors.rollouts]), Path(path) / ENGINE_RNG)
+
+
+def resume_actors(actors: Actors, path: str | Path) -> int:
+    """Restore what `save_actors` wrote, on actors built from `path`'s weights; returns the policy version."""
+    version = ray.get(actors.trainer.load_state.remote(str(path)))
+    states = torch.load(Path(path) / ENGINE_RNG, weights_only=True)
+    if len(states) != len(actors.rollouts):
+        print(f"warning: {path} holds {len(states)} rollout engine states for {len(actors.rollouts)} engines; "
+              "sampling will not repeat the interrupted run", flush=True)
+    ray.get([r.__ray_call__.remote(_resume_engine, states[i] if i < len(states) else None, version)
+             for i, r in enumerate(actors.rollouts)])
+    return version
 
 
 def _split(items: list, parts: int) -> list[list]:

@@ -73,8 +73,9 @@ class RunConfig:
     )
     resume: str | None = field(
         default=None,
-        metadata={"help": "checkpoint (or run) directory whose ledger.parquet restores the data side: "
-                          "pass-rate ledger and sampler state"},
+        metadata={"help": "checkpoint directory (checkpoint-N/ or final/) to continue a run from: its weights, "
+                          "optimiser, LR schedule, RNG, pass-rate ledger and sampler state; the loop resumes at "
+                          "the step in its resume.json"},
     )
 
 

@@ -70,6 +70,9 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+TRAINER_STATE = "trainer_state.pt"  # beside the weights in every checkpoint the trainer saves
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -86,7 +89,10 @@ class TrainerWorker:
         seed: int = 0,
         max_new_tokens: int = 16,
         total_steps: int = 1,
+        ref_path: str | None = None,
     ) -> None:
+        """`ref_path`: the frozen reference's weights (default `model_path`); a resumed run builds the
+        policy from its checkpoint and keeps the run's starting model as the reference."""
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.cfg = TrainConfig(**cfg)
@@ -118,7 +124,7 @@ class TrainerWorker:
         self._moe: dict[str, list[torch.Tensor]] = {}  # per domain: [expert counts [L, E], entropy sum, tokens]
         self.ref_model = None
         if self.cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
-            self.ref_model = load_policy(model_path, dtype).eval().requires_grad_(False)
+            self.ref_model = load_policy(ref_path or model_path, dtype).eval().requires_grad_(False)
         self.version = 0
 
     # ---- log-probs -------------------------------------------------------------------------------
@@ -416,11 +422,33 @@ class TrainerWorker:
         return hf_state_dict(self.accelerator.unwrap_model(self.model))
 
     def save(self, path: str) -> str:
-        """Save a normal Hugging Face checkpoint (weights + config); the tokenizer is copied by the driver."""
+        """Save a normal Hugging Face checkpoint (weights + config) and, beside it, `trainer_state.pt`:
+        what else a resumed run needs to continue exactly (`load_state`). The tokenizer is copied by
+        the driver; transformers and vLLM load the directory as any other checkpoint."""
         model = self.accelerator.unwrap_model(self.model)
         Path(path).mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path, safe_serialization=True)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "version": self.version,
+            "python_rng": self.rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, Path(path) / TRAINER_STATE)
         return path
+
+    def load_state(self, path: str) -> int:
+        """Restore optimiser moments, LR-schedule position, policy version and RNG streams from the
+        `trainer_state.pt` of checkpoint `path`; the weights must already be that checkpoint's (this
+        worker built from `path`). Returns the restored policy version."""
+        state = torch.load(Path(path) / TRAINER_STATE, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.version = state["version"]
+        self.rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return self.version
 
     def state(self) -> dict[str, Any]:
         return {"version": self.version, "config": asdict(self.cfg)}
