@@ -253,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     before, after = summary.get("heldout_before"), summary.get("heldout_after")
     print(f"held-out sampled pass rate: before {_rates(before)} -> after {_rates(after)}; checkpoint {final}",
           flush=True)
-    print(f"report: {write_report(run_dir)}", flush=True)
+    try:  # everything is saved by now; a plotting failure must not fail the run
+        print(f"report: {write_report(run_dir)}", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"WARNING: the report could not be written ({type(exc).__name__}: {exc}); the run's results are "
+              f"saved; retry with `python -m rl.report {run_dir}`", file=sys.stderr, flush=True)
     ray.shutdown()
     return 0
 

@@ -199,6 +199,9 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Centered moving average; near the ends the window shrinks instead of padding with fake values."""
     if window <= 1 or values.size == 0:
         return values.astype(float)
+    # np.convolve(mode="same") returns max(len(values), window) points: a key logged on fewer steps
+    # than the window (one seen only in some steps) must not come back longer than it went in.
+    window = min(window, values.size)
     kernel = np.ones(window)
     sums = np.convolve(values, kernel, mode="same")
     counts = np.convolve(np.ones_like(values, dtype=float), kernel, mode="same")

@@ -197,3 +197,25 @@ def test_expert_loads_reads_the_trainer_form_and_per_layer_keys():
     assert step == 1 and loads == {"math": {0: [0.2, 0.8], 1: [0.9, 0.1]}}
     step, loads = expert_loads(rows[:1])
     assert step == 0 and loads == {"all": {0: [0.5, 0.5], 1: [1.0, 0.0]}, "code": {0: [0.25, 0.75], 1: [0.5, 0.5]}}
+
+
+def test_moving_average_of_fewer_points_than_the_window_keeps_its_length():
+    from rl.report import moving_average
+
+    values = np.arange(5, dtype=float)
+    smooth = moving_average(values, 27)
+    assert smooth.shape == values.shape
+    assert smooth[2] == pytest.approx(2.0) and smooth[0] == pytest.approx(1.0)  # the window shrinks at the ends
+
+
+def test_report_survives_a_key_logged_on_few_steps(tmp_path):
+    from rl.report import write_report
+
+    with (tmp_path / "metrics.jsonl").open("w") as f:
+        for step in range(300):
+            record = {"step": step, "reward/mean": step / 300, "train/loss": 0.1}
+            if step % 60 == 0:  # logged on fewer steps than the smoothing window
+                record["mining/remine_moves"] = 3.0
+            f.write(json.dumps(record) + "\n")
+    out = write_report(tmp_path)
+    assert (out.parent / "training.png").stat().st_size > 0
