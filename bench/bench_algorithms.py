@@ -3,9 +3,9 @@
     python bench/bench_algorithms.py --steps 150 [--only grpo,gspo] [--out runs/bench_algorithms] [KEY=VALUE ...]
 
 Runs `run_rl.py` once per variant (each in its own process with a fresh Ray), identical but for the
-variant's overrides, for `--steps` RL steps from the same starting checkpoint and seed. The
-held-out pass rate before RL is measured once (by the first run; every run starts from the same
-weights and evaluates with the same seed). Prints one row per variant: held-out sampled pass rate
+variant's overrides, for `--steps` RL steps from the same starting checkpoint and seed. Every run
+measures the held-out pass rate before RL as well (the same number each time, and the same use of the
+engine's sampler, so the runs differ only by their variant). Prints one row per variant: held-out sampled pass rate
 before and after, its change, and the mean train reward over the last 20% of steps. Extra
 KEY=VALUE overrides go to every run.
 """
@@ -20,23 +20,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> overrides; the first is the reference (the default config).
+# name -> overrides; the first is the reference (the default config). With one optimiser step per
+# batch (the default) the importance ratio is exactly 1, so every policy loss reduces to the same
+# gradient; the policy-loss variants therefore take two optimiser steps per batch, where their
+# clipping acts (compare them with "grpo+ppo_clip x2").
+TWO_UPDATES = "train.updates_per_step=2"
 VARIANTS: dict[str, list[str]] = {
     "grpo+ppo_clip": [],
     "dr_grpo": ["train.advantage=dr_grpo", "train.loss_agg=seq-mean-token-sum-norm"],
     "rloo": ["train.advantage=rloo"],
     "reinforce_pp_baseline": ["train.advantage=reinforce_pp_baseline"],
-    "clip_higher": ["train.clip_high=0.28"],
-    "dual_clip": ["train.dual_clip=3.0"],
-    "gspo": ["train.policy_loss=gspo", "train.clip_low=0.0003", "train.clip_high=0.0004"],
-    "cispo": ["train.policy_loss=cispo", "train.clip_low=1.0", "train.clip_high=2.0"],
+    "grpo+ppo_clip x2": [TWO_UPDATES],
+    "clip_higher x2": [TWO_UPDATES, "train.clip_high=0.28"],
+    "dual_clip x2": [TWO_UPDATES, "train.dual_clip=3.0"],
+    "gspo x2": [TWO_UPDATES, "train.policy_loss=gspo", "train.clip_low=0.0003", "train.clip_high=0.0004"],
+    "cispo x2": [TWO_UPDATES, "train.policy_loss=cispo", "train.clip_low=1.0", "train.clip_high=2.0"],
     "kl_k3": ["train.kl_coef=0.01", "train.kl_estimator=k3"],
     "seq_mean_token_mean": ["train.loss_agg=seq-mean-token-mean"],
 }
 
 
 def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: list[str], eval_before: bool) -> dict:
-    run_dir = out / name
+    run_dir = out / name.replace(" ", "_")
     cmd = [
         sys.executable, str(ROOT / "run_rl.py"), f"run.dir={run_dir}", f"run.steps={steps}",
         f"eval.before={str(eval_before).lower()}", "monitor.progress=lines", "monitor.tensorboard=false",
@@ -69,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     before = None
     for name in names:
-        results[name] = run_variant(name, VARIANTS[name], args.steps, out, args.overrides, eval_before=before is None)
+        # Every run evaluates before RL too: the evaluation draws from the engine's sampler, so skipping
+        # it in some runs would give them different rollouts than the others.
+        results[name] = run_variant(name, VARIANTS[name], args.steps, out, args.overrides, eval_before=True)
         before = before or results[name].get("heldout_before")
         after = results[name].get("heldout_after", {}).get("pass_rate")
         print(f"  {name}: held-out after {after}", flush=True)
