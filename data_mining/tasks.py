@@ -87,6 +87,22 @@ def iter_arithmetic(
         )
 
 
+def split_stream(
+    rows: Iterator[TaskRow], n_train: int, n_heldout: int, heldout_fraction: float = 0.1
+) -> tuple[list[TaskRow], list[TaskRow]]:
+    """The first `n_train` train and `n_heldout` held-out rows of a stream, split by prompt id; fewer
+    when the stream ends first."""
+    train: list[TaskRow] = []
+    heldout: list[TaskRow] = []
+    for row in rows:
+        bucket, limit = (heldout, n_heldout) if is_heldout(row.id, heldout_fraction) else (train, n_train)
+        if len(bucket) < limit:
+            bucket.append(row)
+        if len(train) >= n_train and len(heldout) >= n_heldout:
+            break
+    return train, heldout
+
+
 def make_split(
     n_train: int,
     n_heldout: int,
@@ -100,16 +116,8 @@ def make_split(
 
     When fewer distinct prompts exist, `strict` raises; otherwise all that exist are returned.
     """
-    train: list[TaskRow] = []
-    heldout: list[TaskRow] = []
-    for row in iter_arithmetic(seed, min_digits, max_digits):
-        bucket = heldout if is_heldout(row.id, heldout_fraction) else train
-        limit = n_heldout if bucket is heldout else n_train
-        if len(bucket) < limit:
-            bucket.append(row)
-        if len(train) >= n_train and len(heldout) >= n_heldout:
-            return train, heldout
-    if not strict:
+    train, heldout = split_stream(iter_arithmetic(seed, min_digits, max_digits), n_train, n_heldout, heldout_fraction)
+    if not strict or (len(train) >= n_train and len(heldout) >= n_heldout):
         return train, heldout
     raise ValueError(
         f"only {len(train)} train / {len(heldout)} held-out distinct prompts exist with "
@@ -345,14 +353,8 @@ def make_task_split(
     for task, weight, want_train, want_heldout in zip(
         tasks, weights, quotas(n_train, weights), quotas(n_heldout, weights)
     ):
-        got_train: list[TaskRow] = []
-        got_heldout: list[TaskRow] = []
-        for row in iter_task(task, seed, min_digits, max_digits):
-            bucket, limit = (got_heldout, want_heldout) if is_heldout(row.id, heldout_fraction) else (got_train, want_train)
-            if len(bucket) < limit:
-                bucket.append(row)
-            if len(got_train) >= want_train and len(got_heldout) >= want_heldout:
-                break
+        got_train, got_heldout = split_stream(iter_task(task, seed, min_digits, max_digits), want_train, want_heldout,
+                                              heldout_fraction)
         if want_train and not got_train:
             raise ValueError(f"task {task!r} has no train prompts")
         share = weight / sum(weights)

@@ -31,3 +31,14 @@ def ray_session():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer, 4-expert Qwen3-MoE saved as a checkpoint (no tokenizer, no training)."""
+    from rl.bootstrap import BootstrapSpec, build_model
+
+    spec = BootstrapSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, num_experts=4)
+    path = tmp_path_factory.mktemp("moe") / "m"
+    build_model(spec, vocab_size=64, eos_id=0).save_pretrained(path)
+    return str(path)

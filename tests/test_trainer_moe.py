@@ -8,18 +8,9 @@ import pytest
 import torch
 
 from rl import algos
-from rl.bootstrap import BootstrapSpec, build_model
 from rl.config import TrainConfig
 from rl.trainer import TrainerWorker
 from rl.types import Sample
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    spec = BootstrapSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, num_experts=4)
-    path = tmp_path_factory.mktemp("moe") / "m"
-    build_model(spec, vocab_size=64, eos_id=0).save_pretrained(path)
-    return str(path)
 
 
 def _samples(trainer: TrainerWorker, shift: float = 0.0) -> list[Sample]:
