@@ -224,14 +224,22 @@ class TrainerWorker:
         old = self._logprobs_of(self.model, samples, mine) if cfg.updates_per_step > 1 else None
         ref = self._logprobs_of(self.ref_model, samples, mine) if self.ref_model is not None else None
         stats: dict[str, list[float]] = {}
-        gaps: list[torch.Tensor] = []  # |old - rollout| per valid token; each sample is in one slice
+        gaps: list[dict[str, torch.Tensor]] = []  # |old - rollout| per valid token by domain; each sample in one slice
         self.model.train()
         for slice_idx, share in zip(slices, shares):
             self._update(samples, old, ref, slice_idx, share, stats, gaps)
         self.version += 1
         stats, gaps = self._gather(stats, gaps)
-        gap = torch.cat(gaps) if gaps else torch.zeros(0)
+        by_domain: dict[str, list[torch.Tensor]] = {}
+        for part in gaps:
+            for domain, values in part.items():
+                by_domain.setdefault(domain, []).append(values)
+        gap = torch.cat([v for parts in by_domain.values() for v in parts]) if by_domain else torch.zeros(0)
         result = {k: sum(v) / len(v) for k, v in stats.items()}
+        for domain, parts in sorted(by_domain.items()):  # which domain the largest gaps come from
+            values = torch.cat(parts)
+            if values.numel():
+                result[f"rollout/logprob_abs_diff_max/{domain}"] = values.max().item()
         result.update(
             {
                 "rollout/logprob_abs_diff_max": gap.max().item() if gap.numel() else 0.0,
@@ -253,8 +261,8 @@ class TrainerWorker:
         return result
 
     def _gather(
-        self, stats: dict[str, list[float]], gaps: list[torch.Tensor]
-    ) -> tuple[dict[str, list[float]], list[torch.Tensor]]:
+        self, stats: dict[str, list[float]], gaps: list[dict[str, torch.Tensor]]
+    ) -> tuple[dict[str, list[float]], list[dict[str, torch.Tensor]]]:
         """Every process's per-micro-batch statistics, log-prob gaps, routing agreement and expert-load
         counts, merged in every process (nothing to do with one process)."""
         world = self.accelerator.num_processes
@@ -286,7 +294,7 @@ class TrainerWorker:
 
     def _update(
         self, samples, old, ref, slice_idx: list[int], share: list[int], stats: dict[str, list[float]],
-        gaps: list[torch.Tensor],
+        gaps: list[dict[str, torch.Tensor]],
     ) -> None:
         cfg = self.cfg
         chosen = [samples[i] for i in slice_idx]
@@ -315,7 +323,7 @@ class TrainerWorker:
 
     def _micro_step(
         self, samples, old, ref, micro: list[int], scale: float, global_tokens: float, global_seqs: float,
-        global_valid: float, stats: dict[str, list[float]], gaps: list[torch.Tensor],
+        global_valid: float, stats: dict[str, list[float]], gaps: list[dict[str, torch.Tensor]],
     ) -> None:
         """Forward and backward of one micro-batch, gradients accumulated.
 
@@ -333,7 +341,11 @@ class TrainerWorker:
         )  # [b, T]
         old_lp = logprobs.detach() if old is None else self._pad([old[i] for i in micro], t)  # [b, T]
         rollout_lp = self._pad([torch.tensor(samples[i].rollout_logprobs) for i in micro], t)  # [b, T]
-        gaps.append((old_lp - rollout_lp).abs()[mask.bool()])
+        diff = (old_lp - rollout_lp).abs()  # [b, T]
+        by_domain: dict[str, list[torch.Tensor]] = {}
+        for row, i in enumerate(micro):  # right-padded: a completion's tokens come first in its row
+            by_domain.setdefault(samples[i].domain, []).append(diff[row, : len(samples[i].completion_ids)])
+        gaps.append({domain: torch.cat(parts) for domain, parts in by_domain.items()})
         per_token, loss_stats = algos.policy_loss(
             cfg.policy_loss, logprobs, old_lp, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
             dual_clip=cfg.dual_clip or None,

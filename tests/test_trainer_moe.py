@@ -48,6 +48,18 @@ def test_step_logs_expert_load_per_domain_and_staleness(tiny_dir):
     assert trainer.train_step(second)["rollout/staleness_max"] == 1.0
 
 
+def test_logprob_gap_is_reported_per_domain(tiny_dir):
+    trainer = _trainer(tiny_dir)
+    samples = _samples(trainer)
+    samples[2].rollout_logprobs[1] -= 3e-3  # a code token off by 3e-3; math tokens off by 1e-3
+    for s in samples[:2]:
+        s.rollout_logprobs = [lp - 1e-3 for lp in s.rollout_logprobs]
+    stats = trainer.train_step(samples)
+    assert stats["rollout/logprob_abs_diff_max/code"] == pytest.approx(3e-3, rel=1e-3)
+    assert stats["rollout/logprob_abs_diff_max/math"] == pytest.approx(1e-3, rel=1e-3)
+    assert stats["rollout/logprob_abs_diff_max"] == stats["rollout/logprob_abs_diff_max/code"]
+
+
 def test_balance_loss_reaches_the_router_only_when_on(tiny_dir):
     grads = {}
     for coef in (0.0, 1.0):
