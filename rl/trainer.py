@@ -310,11 +310,16 @@ class TrainerWorker:
         micros = _chunks(share, cfg.micro_batch_samples)
         if not micros:  # every process must join the synchronising backward: one sample, weight 0
             micros, scale, stats, gaps, old, ref = [slice_idx[:1]], 0.0, {}, [], None, None
+        loss = 0.0
         for n, micro in enumerate(micros):
             # Gradients are averaged once, in the last backward, over everything accumulated.
             sync = contextlib.nullcontext() if n == len(micros) - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                self._micro_step(samples, old, ref, micro, scale, global_tokens, global_seqs, global_valid, stats, gaps)
+                loss += self._micro_step(
+                    samples, old, ref, micro, scale, global_tokens, global_seqs, global_valid, stats, gaps)
+        # The optimiser step's loss: its micro-batches' parts summed (the average over processes of
+        # W x a share's part is the whole sum), whatever the micro-batch size.
+        stats.setdefault("train/loss", []).append(loss)
         if cfg.grad_clip > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             stats.setdefault("train/grad_norm", []).append(float(norm))
@@ -324,8 +329,9 @@ class TrainerWorker:
     def _micro_step(
         self, samples, old, ref, micro: list[int], scale: float, global_tokens: float, global_seqs: float,
         global_valid: float, stats: dict[str, list[float]], gaps: list[dict[str, torch.Tensor]],
-    ) -> None:
-        """Forward and backward of one micro-batch, gradients accumulated.
+    ) -> float:
+        """Forward and backward of one micro-batch, gradients accumulated; returns its part of the
+        optimiser step's loss, times `scale`.
 
         `scale` 0 is the stand-in backward of a process with no share: it counts no routing agreement
         or expert load (its `stats` and `gaps` are thrown away by the caller).
@@ -370,9 +376,9 @@ class TrainerWorker:
             loss = loss + cfg.aux_loss_coef * aux
             stats.setdefault("moe/aux_loss", []).append(aux.item())
         self.accelerator.backward(loss * scale)
-        stats.setdefault("train/loss", []).append(loss.item())
         stats.setdefault("train/entropy", []).append(algos.masked_mean(entropy, mask).item())
         stats.setdefault("train/clip_fraction", []).append(loss_stats["clip_fraction"].item())
+        return loss.item() * scale
 
     def _moe_step(
         self, samples: list[Sample], batch: CompletionBatch, global_valid: float, record: bool = True

@@ -60,6 +60,16 @@ def test_logprob_gap_is_reported_per_domain(tiny_dir):
     assert stats["rollout/logprob_abs_diff_max"] == stats["rollout/logprob_abs_diff_max/code"]
 
 
+def test_logged_loss_does_not_depend_on_the_micro_batch_size(tiny_dir):
+    losses = []
+    for micro in (1, 64):
+        trainer = _trainer(tiny_dir, micro_batch_samples=micro)
+        samples = _samples(trainer, shift=0.05)  # off-policy: the clipped surrogate is not trivially 0
+        losses.append(trainer.train_step(samples)["train/loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
+    assert losses[0] != 0.0
+
+
 def test_balance_loss_reaches_the_router_only_when_on(tiny_dir):
     grads = {}
     for coef in (0.0, 1.0):
