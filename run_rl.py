@@ -17,7 +17,7 @@ from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_task_split
-from rl.actors import (ENGINE_RNG, Actors, build_actors, evaluate, generate, resume_actors, save_actors, score,
+from rl.actors import (ENGINE_RNG, Actors, build_actors, evaluate, generate_and_score, resume_actors, save_actors,
                        start_ray, sync_weights)
 from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
@@ -157,16 +157,14 @@ def _rates(result: dict | None) -> str:
 
 def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict):
     """The miner's link to the policy: `n` scored Samples per row, timed, reward stats summed."""
-    def generate_and_score(rows: list[dict], n: int) -> list:
-        with timer("generate"):
-            samples = generate(actors, rows, n=n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                               max_new_tokens=cfg.rollout.max_new_tokens)
-        with timer("reward"):
-            samples, stats = score(actors, samples)
+    def draw(rows: list[dict], n: int) -> list:
+        samples, stats = generate_and_score(actors, rows, overlap=cfg.reward.overlap, timer=timer, n=n,
+                                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                            max_new_tokens=cfg.rollout.max_new_tokens)
         for key, value in stats.items():
             reward_stats[key] = reward_stats.get(key, 0.0) + value
         return samples
-    return generate_and_score
+    return draw
 
 
 def rl_loop(cfg: Config, actors: Actors, data: Miner | EpochSampler, log: MetricsLog, run_dir: Path,

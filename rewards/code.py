@@ -43,16 +43,17 @@ import secrets
 import signal
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from rewards.registry import RewardResult, reward
 from rewards.sandbox import ExecResult, Limits, default_pool, run_python
 from rl.types import Sample
 
 LIMITS = Limits(wall_s=5.0, cpu_s=4.0)
-# Samples per reward call. The pool times each call as a whole: a chunk whose programs all run to the
-# wall limit takes about ceil(8 / workers) * (wall_s + 1 s) = 24 s on 2 sandbox workers, inside the
-# default 30 s reward timeout, and a slow chunk zeros only its own samples.
+# Samples per reward call. The pool times each call as a whole, less the time its jobs wait queued
+# behind other calls' jobs (`_await`): a chunk whose programs all run to the wall limit takes about
+# ceil(8 / workers) * (wall_s + 1 s) = 24 s on 2 sandbox workers, inside the default 30 s reward
+# timeout, and a slow chunk zeros only its own samples; its jobs still queued are then dropped.
 MAX_BATCH = 8
 # Outcomes that depend only on (program, tests, entry point, limits), not on machine load.
 CACHEABLE = frozenset({"pass", "assertion", "syntax", "candidate_error", "test_error", "exit"})
@@ -314,11 +315,31 @@ def _result(passed: bool, outcome: str) -> RewardResult:
     )
 
 
+class _Run:
+    """One job's verdict, as a call sees it: a cache hit (already done) or a sandbox run in flight,
+    with the calls waiting for it (`waiters`, more than one when identical jobs are shared)."""
+
+    def __init__(self, key: str, value: tuple[bool, str] | None = None) -> None:
+        self.key = key
+        self.verdict: Future = Future()
+        self.job: Future | None = None  # the sandbox pool's job
+        self.waiters = 1
+        if value is not None:
+            self.verdict.set_result(value)
+
+    def started(self) -> bool:
+        """Whether the sandbox pool has begun the run (or it needs none)."""
+        job = self.job
+        return self.verdict.done() or (job is not None and (job.running() or job.done()))
+
+
 class _Verdicts:
     """Deterministic verdicts (LRU, at most `max_entries`), runs in flight by key, and counters."""
 
     def __init__(self, max_entries: int, dedup: bool) -> None:
         self.lock = threading.Lock()
+        # Held while a call submits its jobs, so they sit together in the sandbox pool's FIFO queue.
+        self.submitting = threading.Lock()
         self.configure(max_entries, dedup)
 
     def configure(self, max_entries: int, dedup: bool) -> None:
@@ -327,11 +348,11 @@ class _Verdicts:
         with self.lock:
             self.max_entries, self.dedup = max_entries, dedup
             self.cache: OrderedDict[str, tuple[bool, str]] = OrderedDict()
-            self.running: dict[str, Future] = {}
+            self.running: dict[str, _Run] = {}
             self.counts = {"lookups": 0, "hits": 0, "shared": 0, "executions": 0}
 
-    def submit(self, program: str, test_program: str, entry_point: str | None) -> Future:
-        """A future of (passed, outcome): from the cache, a run in flight, or a new sandbox run."""
+    def submit(self, program: str, test_program: str, entry_point: str | None) -> _Run:
+        """The job's verdict (passed, outcome): from the cache, a run in flight, or a new sandbox run."""
         # Trailing whitespace never changes what a program does: `f` and a fenced `f\n` share a key.
         key = hashlib.sha256(json.dumps([program.rstrip(), test_program, entry_point, repr(LIMITS)]).encode()).hexdigest()
         with self.lock:
@@ -339,46 +360,81 @@ class _Verdicts:
             if key in self.cache:
                 self.cache.move_to_end(key)
                 self.counts["hits"] += 1
-                done: Future = Future()
-                done.set_result(self.cache[key])
-                return done
+                return _Run(key, self.cache[key])
             if key in self.running:
                 self.counts["shared"] += 1
-                return self.running[key]
+                run = self.running[key]
+                run.waiters += 1
+                return run
             self.counts["executions"] += 1
-            verdict: Future = Future()
+            run = _Run(key)
             if self.dedup:
-                self.running[key] = verdict
+                self.running[key] = run
         data, pass_token = _payload(program, test_program, entry_point)
         try:
-            job = default_pool().submit(HARNESS, LIMITS, data)
+            run.job = default_pool().submit(HARNESS, LIMITS, data)
         except BaseException as exc:
-            self._settle(key, verdict, exc=exc)
+            self._settle(run, exc=exc)
             raise
-        job.add_done_callback(lambda job: self._finish(key, verdict, job, pass_token))
-        return verdict
+        run.job.add_done_callback(lambda job: self._finish(run, job, pass_token))
+        return run
 
-    def _finish(self, key: str, verdict: Future, job: Future, pass_token: bytes) -> None:
+    def release(self, runs: list[_Run]) -> None:
+        """A call stops waiting for `runs` (its reward call timed out): a run that no other call
+        waits for and that has not started in the sandbox pool is cancelled, so that it does not
+        delay the jobs queued behind it."""
+        for run in runs:
+            with self.lock:
+                if run.verdict.done():
+                    continue
+                run.waiters -= 1
+                if run.waiters > 0:
+                    continue
+                if self.running.get(run.key) is run:  # no new call may join a run about to be cancelled
+                    del self.running[run.key]
+            if run.job is not None:
+                run.job.cancel()  # only a job still queued cancels; `_finish` then settles the verdict
+
+    def _finish(self, run: _Run, job: Future, pass_token: bytes) -> None:
         try:
             result = job.result()
             value = _verdict(result, pass_token)
-        except BaseException as exc:  # noqa: BLE001 - SandboxError: every waiter sees it
-            self._settle(key, verdict, exc=exc)
+        except BaseException as exc:  # noqa: BLE001 - SandboxError or cancellation: every waiter sees it
+            self._settle(run, exc=exc)
             return
         # A process of the run killed at the tree's memory cap may have changed any verdict.
-        self._settle(key, verdict, value, cacheable=value[1] in CACHEABLE and not result.oom_killed)
+        self._settle(run, value, cacheable=value[1] in CACHEABLE and not result.oom_killed)
 
-    def _settle(self, key: str, verdict: Future, value=None, exc: BaseException | None = None,
-                cacheable: bool = False) -> None:
+    def _settle(self, run: _Run, value=None, exc: BaseException | None = None, cacheable: bool = False) -> None:
         with self.lock:
-            if self.running.get(key) is verdict:
-                del self.running[key]
+            if self.running.get(run.key) is run:
+                del self.running[run.key]
             if cacheable and self.max_entries:
-                self.cache[key] = value
-                self.cache.move_to_end(key)
+                self.cache[run.key] = value
+                self.cache.move_to_end(run.key)
                 while len(self.cache) > self.max_entries:
                     self.cache.popitem(last=False)
-        verdict.set_exception(exc) if exc is not None else verdict.set_result(value)
+        run.verdict.set_exception(exc) if exc is not None else run.verdict.set_result(value)
+
+
+def _await(runs: list[_Run]) -> None:
+    """Wait until every run has its verdict.
+
+    The reward pool's timeout bounds a call's own work, so the call's clock is stopped while none of
+    its unfinished runs has started: they are queued behind other calls' jobs in the shared sandbox
+    pool. Waits in short slices, so that the pool's timeout (an exception raised asynchronously in
+    this thread) lands within 50 ms and `code_reward` can release the runs still queued.
+    """
+    from rewards.pool import pause_clock  # rewards.pool imports this module for its registration
+
+    pending = runs
+    try:
+        while pending:
+            pause_clock(not any(run.started() for run in pending))
+            wait([run.verdict for run in pending], timeout=0.05, return_when=FIRST_COMPLETED)
+            pending = [run for run in pending if not run.verdict.done()]
+    finally:
+        pause_clock(False)
 
 
 _verdicts = _Verdicts(int(os.environ.get("REWARD_CODE_CACHE", "100000")), os.environ.get("REWARD_CODE_DEDUP", "1") != "0")
@@ -405,18 +461,23 @@ def code_reward(samples: list[Sample]) -> list[RewardResult]:
 
     A row without valid `tests` raises when scored alone; inside a batch it scores 0 with
     `error` 1 and a printed warning, so that one bad row does not cost the whole batch."""
-    jobs: list[Future | None] = []
-    for sample in samples:
-        try:
-            if "tests" not in sample.reference:
-                raise ValueError("code row has no 'tests' reference field")
-            entry_point = sample.reference.get("entry_point")
-            test_program = build_test_program(sample.reference["tests"], entry_point)
-        except ValueError as exc:
-            if len(samples) == 1:
-                raise
-            print(f"[reward] code: prompt {sample.prompt_id}: {exc}", flush=True)
-            jobs.append(None)
-            continue
-        jobs.append(_verdicts.submit(extract_program(sample.completion), test_program, entry_point))
-    return [_result(False, "bad_tests") if job is None else _result(*job.result()) for job in jobs]
+    runs: list[_Run | None] = []
+    try:
+        with _verdicts.submitting:
+            for sample in samples:
+                try:
+                    if "tests" not in sample.reference:
+                        raise ValueError("code row has no 'tests' reference field")
+                    entry_point = sample.reference.get("entry_point")
+                    test_program = build_test_program(sample.reference["tests"], entry_point)
+                except ValueError as exc:
+                    if len(samples) == 1:
+                        raise
+                    print(f"[reward] code: prompt {sample.prompt_id}: {exc}", flush=True)
+                    runs.append(None)
+                    continue
+                runs.append(_verdicts.submit(extract_program(sample.completion), test_program, entry_point))
+        _await([run for run in runs if run is not None])
+        return [_result(False, "bad_tests") if run is None else _result(*run.verdict.result()) for run in runs]
+    finally:  # after a timeout, the jobs still queued are dropped
+        _verdicts.release([run for run in runs if run is not None])

@@ -9,7 +9,8 @@ How `RewardPool.score` runs a batch:
   inside its call with a process pool of its own);
 - every call has `timeout_s` from the moment it starts; a call that raises or times out scores its
   samples 0 (component `error`), counted in `reward/errors/<domain>`, the first message per domain
-  printed.
+  printed. A call waiting for a worker pool shared with other calls stops its own clock meanwhile
+  (`pause_clock`; the code reward does so while its sandbox jobs are queued behind others).
 
 Python cannot kill a thread: a worker stuck past its deadline is retired and replaced, and is sent an
 asynchronous `RewardTimeout`, which stops pure-Python loops at their next bytecode; a call blocked
@@ -75,6 +76,21 @@ async def _awaited(value: Any) -> Any:
     return await value
 
 
+_running = threading.local()  # `.call`: the _Call a worker thread is running
+
+
+def pause_clock(paused: bool) -> None:
+    """From inside a reward call: stop (True) or restart (False) the call's timeout clock.
+
+    For time the call spends queued behind other calls' work in a worker pool they share (the code
+    sandbox): the timeout bounds a call's own work, so one call must not run out of time because
+    another call's jobs went first. Does nothing outside a pool's worker thread.
+    """
+    call = getattr(_running, "call", None)
+    if call is not None:
+        call.pause(paused)
+
+
 class _Call:
     """One call of one reward: a sample, or a list of samples for a batched reward."""
 
@@ -82,11 +98,27 @@ class _Call:
         self.name, self.fn, self.indices, self.arg, self.batched = name, fn, indices, arg, batched
         self.future: Future = Future()
         self.started: float | None = None  # monotonic time the call began; deadlines count from it
+        # (paused seconds so far, monotonic time of the pause in progress or None), replaced as a
+        # whole so that the pool's thread always reads a consistent pair.
+        self.paused: tuple[float, float | None] = (0.0, None)
         self.seconds = 0.0
         self.cancel: Any = None  # set for calls on the event loop
 
+    def pause(self, paused: bool) -> None:
+        total, since = self.paused
+        if paused and since is None:
+            self.paused = (total, time.monotonic())
+        elif not paused and since is not None:
+            self.paused = (total + time.monotonic() - since, None)
+
+    def elapsed(self, now: float) -> float:
+        """Seconds counted against the timeout: since the call started, less its paused time."""
+        total, since = self.paused
+        return now - self.started - total - (now - since if since is not None else 0.0)
+
     def run(self) -> None:
         self.started = time.monotonic()
+        _running.call = self
         try:
             value = self.fn(self.arg)
             if inspect.isawaitable(value):
@@ -95,6 +127,7 @@ class _Call:
         except BaseException as exc:  # noqa: BLE001 - even SystemExit from a reward costs only its samples
             _settle(self.future, exc=exc)
         finally:
+            _running.call = None
             self.seconds = time.monotonic() - self.started
 
     async def run_async(self) -> None:
@@ -222,13 +255,13 @@ class RewardPool:
                 wait([c.future for c in pending], return_when=ALL_COMPLETED)
                 break
             now = time.monotonic()
-            left = [c.started + self.timeout_s - now for c in pending if c.started is not None]
+            left = [self.timeout_s - c.elapsed(now) for c in pending if c.started is not None]
             wait([c.future for c in pending], timeout=max(0.005, min(left, default=self.timeout_s)))
             now, still = time.monotonic(), []
             for call in pending:
                 if call.future.done():
                     continue
-                if call.started is not None and now - call.started >= self.timeout_s:
+                if call.started is not None and call.elapsed(now) >= self.timeout_s:
                     _settle(call.future, exc=RewardTimeout(f"no result after {self.timeout_s:g} s"))
                     call.seconds = self.timeout_s
                     async_timeout |= call.cancel is not None

@@ -13,6 +13,7 @@ import torch
 from rewards.custom import pin_spec
 from rewards.pool import RewardWorker, setup_rewards
 from rl.config import Config
+from rl.metrics import PhaseTimer
 from rl.rollout import RolloutWorker
 from rl.trainer import TrainerWorker
 from rl.types import Sample
@@ -151,13 +152,52 @@ def generate(actors: Actors, rows: list[dict], **sampling: Any) -> list[Sample]:
 
 
 def score(actors: Actors, samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:
-    parts = [p for p in _split(samples, len(actors.rewards)) if p]
-    results = ray.get([r.score.remote(p) for r, p in zip(actors.rewards, parts)])
+    """Spread samples over the reward actors; the scored samples in the given order, stats summed."""
+    k = len(actors.rewards)
+    results = ray.get([r.score.remote(p) for r, p in zip(actors.rewards, _split(samples, k)) if p])
+    scored: list[Sample] = [None] * len(samples)  # type: ignore[list-item]
+    for i, (part, _) in enumerate(results):
+        scored[i::k] = part  # `_split` dealt sample j to actor j % k
+    return scored, _sum_stats(results)
+
+
+def _sum_stats(results: list[tuple[list[Sample], dict[str, float]]]) -> dict[str, float]:
+    """The stats of reward actors' (samples, stats) answers, summed (they are counts and seconds)."""
     stats: dict[str, float] = {}
     for _, part_stats in results:
-        for k, v in part_stats.items():
-            stats[k] = stats.get(k, 0.0) + v
-    return [s for part, _ in results for s in part], stats
+        for key, value in part_stats.items():
+            stats[key] = stats.get(key, 0.0) + value
+    return stats
+
+
+def generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool = True, timer: PhaseTimer | None = None,
+                       **sampling: Any) -> tuple[list[Sample], dict[str, float]]:
+    """`generate` then `score`: the same samples, in the same order, with the same merged stats.
+
+    With `overlap`, each rollout actor sends every prompt's group to a reward actor as soon as its
+    completions finish (`RolloutWorker.generate_scored`), so scoring runs while the engine still
+    generates. `timer` phases: `generate` (until every engine is done) and `reward` (the wait for
+    scores after that, i.e. what scoring still adds to the step); the stats' `time/reward_compute`
+    stays the reward actors' busy seconds.
+    """
+    timer = timer or PhaseTimer()
+    if not overlap:
+        with timer("generate"):
+            samples = generate(actors, rows, **sampling)
+        with timer("reward"):
+            return score(actors, samples)
+    parts = [p for p in _split(rows, len(actors.rollouts)) if p]
+    with timer("generate"):
+        calls = ray.get([r.generate_scored.remote(p, actors.rewards, **sampling) for r, p in zip(actors.rollouts, parts)])
+    sent = [(part, row_indices, ref) for part, part_calls in enumerate(calls) for row_indices, ref in part_calls]
+    with timer("reward"):
+        results = ray.get([ref for _, _, ref in sent])
+    # Back into `generate`'s order: rollout actor by actor, row by row, `n` samples per row.
+    n, groups = sampling["n"], {}
+    for (part, row_indices, _), (scored, _) in zip(sent, results):
+        for j, i in enumerate(row_indices):
+            groups[part, i] = scored[j * n : (j + 1) * n]
+    return [s for key in sorted(groups) for s in groups[key]], _sum_stats(results)
 
 
 def sync_weights(actors: Actors, version: int) -> float:
@@ -168,15 +208,15 @@ def sync_weights(actors: Actors, version: int) -> float:
 
 def evaluate(actors: Actors, rows: list[dict], cfg: Config) -> dict[str, float]:
     """Sampled pass rate on held-out prompts, overall and per domain."""
-    samples = generate(
+    samples, _ = generate_and_score(
         actors,
         rows,
+        overlap=cfg.reward.overlap,
         n=cfg.eval.samples_per_prompt,
         temperature=cfg.eval.temperature,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
         record_routing=False,
     )
-    samples, _ = score(actors, samples)
     result = {"pass_rate": sum(s.passed for s in samples) / len(samples)}
     for domain in sorted({s.domain for s in samples}):
         items = [s for s in samples if s.domain == domain]

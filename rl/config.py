@@ -233,6 +233,11 @@ class RewardConfig:
         metadata={"help": "entries in the code reward's verdict cache (identical program and tests run once); "
                           "0 = off", "min": 0},
     )
+    overlap: bool = field(
+        default=True,
+        metadata={"help": "score each prompt's group as soon as its completions finish, while generation goes on; "
+                          "false = score after all generation"},
+    )
 
     def validate(self) -> None:
         from rewards.registry import parse_route

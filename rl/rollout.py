@@ -71,6 +71,45 @@ class RolloutWorker:
     def info(self) -> dict[str, Any]:
         return {"startup_seconds": self.startup_seconds, "version": self.version, "pid": os.getpid()}
 
+    def _start(self, rows: list[dict[str, Any]], n: int, temperature: float, top_p: float,
+               max_new_tokens: int, record_routing: bool) -> tuple[Any, list[list[int]], Any]:
+        """Sampling params, prompt token ids and the routing recorder to use (started), for `rows`."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0
+        )
+        prompt_ids = [self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in rows]
+        routing = self.routing if record_routing else None
+        if routing is not None:
+            routing.start()
+        return params, prompt_ids, routing
+
+    def _group(self, row: dict[str, Any], ids: list[int], out: Any, n: int, routing: Any) -> list[Sample]:
+        """The `n` Samples of one finished vLLM request (one prompt row)."""
+        samples = []
+        for k, comp in enumerate(out.outputs):
+            token_ids = list(comp.token_ids)
+            samples.append(
+                Sample(
+                    prompt_id=row["id"],
+                    domain=row["domain"],
+                    prompt=row["prompt"],
+                    prompt_ids=list(ids),
+                    reference=dict(row.get("reference", {})),
+                    group_index=k,
+                    completion=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    completion_ids=token_ids,
+                    rollout_logprobs=[lp[t].logprob for lp, t in zip(comp.logprobs, token_ids)],
+                    finish_reason="length" if comp.finish_reason == "length" else "stop",
+                    policy_version=self.version,
+                    routed_experts=None if routing is None else routing.take_output(
+                        out.request_id, comp.index, n, len(ids) + len(token_ids) - 1
+                    ),
+                )
+            )
+        return samples
+
     def generate(
         self,
         rows: list[dict[str, Any]],
@@ -85,15 +124,7 @@ class RolloutWorker:
 
         With a routing recorder (and `record_routing`), each Sample carries its routed experts.
         """
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0
-        )
-        prompt_ids = [self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in rows]
-        routing = self.routing if record_routing else None
-        if routing is not None:
-            routing.start()
+        params, prompt_ids, routing = self._start(rows, n, temperature, top_p, max_new_tokens, record_routing)
         try:
             outputs = self.llm.generate(
                 [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
@@ -101,29 +132,63 @@ class RolloutWorker:
         finally:
             if routing is not None:
                 routing.stop()
-        samples = []
-        for row, ids, out in zip(rows, prompt_ids, outputs, strict=True):
-            for k, comp in enumerate(out.outputs):
-                token_ids = list(comp.token_ids)
-                samples.append(
-                    Sample(
-                        prompt_id=row["id"],
-                        domain=row["domain"],
-                        prompt=row["prompt"],
-                        prompt_ids=list(ids),
-                        reference=dict(row.get("reference", {})),
-                        group_index=k,
-                        completion=self.tokenizer.decode(token_ids, skip_special_tokens=True),
-                        completion_ids=token_ids,
-                        rollout_logprobs=[lp[t].logprob for lp, t in zip(comp.logprobs, token_ids)],
-                        finish_reason="length" if comp.finish_reason == "length" else "stop",
-                        policy_version=self.version,
-                        routed_experts=None if routing is None else routing.take_output(
-                            out.request_id, comp.index, n, len(ids) + len(token_ids) - 1
-                        ),
-                    )
-                )
-        return samples
+        return [s for row, ids, out in zip(rows, prompt_ids, outputs, strict=True)
+                for s in self._group(row, ids, out, n, routing)]
+
+    def generate_scored(
+        self,
+        rows: list[dict[str, Any]],
+        reward_actors: list[Any],
+        *,
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+        record_routing: bool = True,
+    ) -> list[tuple[list[int], Any]]:
+        """`generate`, with scoring started while the engine still generates.
+
+        Drives the engine step by step as `LLM.generate` does (same requests, added by
+        `LLM.enqueue`, so the same samples for the same engine RNG state). After each engine step,
+        the prompts whose `n` completions all finished are built into Samples; they wait until a
+        reward actor has no call of ours in flight and then go to it in one call, so a busy scorer
+        gets larger batches (its worker threads and sandbox pool stay full) and an idle one starts
+        at once. Whatever is left when generation ends goes out then. Returns `(row indices, ObjectRef
+        of that actor's (scored samples, stats))` per call, each call's samples in row order, `n` per
+        row, like `generate`.
+        """
+        import ray
+
+        params, prompt_ids, routing = self._start(rows, n, temperature, top_p, max_new_tokens, record_routing)
+        engine = self.llm.llm_engine
+        calls: list[tuple[list[int], Any]] = []
+        last: list[Any] = [None] * len(reward_actors)  # each actor's call in flight
+        ready: dict[int, list[Sample]] = {}  # finished rows not sent yet
+
+        def send(actor: int) -> None:
+            done = sorted(ready)
+            last[actor] = reward_actors[actor].score.remote([s for i in done for s in ready.pop(i)])
+            calls.append((done, last[actor]))
+
+        try:
+            added = self.llm.enqueue([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+            # The engine's request ids are "<counter>-<random suffix>"; outputs carry the counter part.
+            row_of = {rid.split("-")[0]: i for i, rid in enumerate(added)}
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        i = row_of[out.request_id]
+                        ready[i] = self._group(rows[i], prompt_ids[i], out, n, routing)
+                if ready:
+                    idle = [a for a, ref in enumerate(last) if ref is None or ray.wait([ref], timeout=0)[0]]
+                    if idle:
+                        send(idle[0])
+        finally:
+            if routing is not None:
+                routing.stop()
+        if ready:
+            send(len(calls) % len(reward_actors))
+        return calls
 
     def load_weights(self, weights: dict, version: int) -> float:
         """Write Hugging Face-named weights into the engine in place; returns seconds spent."""

@@ -1,0 +1,123 @@
+"""Scoring while generating: the same samples and rewards as generating then scoring; code-reward
+calls that time out drop their queued sandbox jobs and are not charged for other calls' jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rewards import code
+from rewards.pool import RewardPool
+from rewards.sandbox import SandboxPool
+from rl.types import Sample
+
+
+# ---- the code reward's calls sharing one sandbox pool ----------------------------------------------
+
+
+def _code(program: str) -> Sample:
+    return Sample(prompt_id="p", domain="code", prompt="Write f.", prompt_ids=[], completion=program,
+                  reference={"tests": ["assert f(2) == 5"]})
+
+
+@pytest.fixture
+def one_worker(monkeypatch):
+    """A sandbox pool with a single worker, so jobs of different calls queue behind each other."""
+    pool = SandboxPool(workers=1)
+    monkeypatch.setattr(code, "default_pool", lambda: pool)
+    code.configure_cache(0, dedup=False)
+    yield pool
+    code.configure_cache()
+    pool.shutdown()
+
+
+def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker):
+    slow = _code(f"import time\ntime.sleep(2.5)\ndef f(x): return x + 3  # {time.time()}")
+    quick = _code(f"def f(x): return x + 3  # {time.time()}")
+    first: dict = {}
+    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=1.5) as strict:
+        thread = threading.Thread(target=lambda: first.update(result=patient.score([slow])))
+        thread.start()
+        time.sleep(0.3)  # the slow job is in the sandbox pool first
+        t0 = time.monotonic()
+        (scored,), stats = strict.score([quick])
+        waited = time.monotonic() - t0
+        thread.join()
+    assert waited > 1.5  # longer than the timeout in wall time, nearly all of it queued
+    assert stats["reward/errors/code"] == 0 and scored.passed and scored.reward == 1.0
+    assert first["result"][0][0].passed
+
+
+def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker):
+    stamp = time.time()
+    slow = [_code(f"import time\ntime.sleep(4)\ndef f(x): return x + 3  # {stamp} {i}") for i in range(3)]
+    with RewardPool(timeout_s=1.0) as pool:
+        t0 = time.monotonic()
+        scored, stats = pool.score(slow)
+        assert time.monotonic() - t0 < 3.0
+        assert stats["reward/errors/code"] == 3 and not any(s.passed for s in scored)
+        assert pool.abandoned_threads == 1
+    # The worker is free once the first job (already running) ends, about 3 s from now; had the
+    # other two stayed queued, a new job would wait about 3 + 2 x 4 s.
+    t1 = time.monotonic()
+    assert one_worker.submit("pass").result(timeout=30).ok
+    assert time.monotonic() - t1 < 6.0
+
+
+# ---- generation and scoring through real actors ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_checkpoint, ray_session):
+    import ray
+
+    from data_mining.tasks import make_task_split
+    from rewards.pool import RewardWorker
+    from rl.actors import Actors, _engine_rng, _resume_engine, generate_and_score
+    from rl.metrics import PhaseTimer
+    from rl.rollout import RolloutWorker
+
+    rollouts = [
+        ray.remote(RolloutWorker).options(num_cpus=1).remote(tiny_checkpoint, seed=i, max_model_len=160,
+                                                             record_routing=True)
+        for i in range(2)
+    ]
+    rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote({"threads": 2}) for _ in range(2)]
+    actors = Actors(rollouts, rewards, trainer=None)
+    rows, _ = make_task_split(["arithmetic", "code"], [1.0, 1.0], 10, 0, seed=3, max_digits=1)
+    sampling = dict(n=4, temperature=1.0, max_new_tokens=24)
+    states = ray.get([r.__ray_call__.remote(_engine_rng) for r in rollouts])
+
+    plain, plain_stats = generate_and_score(actors, rows, overlap=False, **sampling)
+    ray.get([r.__ray_call__.remote(_resume_engine, s, 0) for r, s in zip(rollouts, states)])
+    timer = PhaseTimer()
+    overlapped, stats = generate_and_score(actors, rows, overlap=True, timer=timer, **sampling)
+
+    assert [(s.prompt_id, s.group_index) for s in plain] == [
+        (row["id"], k) for part in (rows[0::2], rows[1::2]) for row in part for k in range(4)
+    ]
+    assert len({tuple(s.completion_ids) for s in plain}) > len(rows)  # sampled, not one answer per row
+    for a, b in zip(plain, overlapped, strict=True):
+        assert (a.prompt_id, a.group_index, a.domain) == (b.prompt_id, b.group_index, b.domain)
+        assert a.completion_ids == b.completion_ids and a.completion == b.completion
+        assert a.rollout_logprobs == b.rollout_logprobs and a.finish_reason == b.finish_reason
+        assert a.routed_experts is not None and np.array_equal(a.routed_experts, b.routed_experts)
+        assert (a.reward, a.reward_components, a.passed) == (b.reward, b.reward_components, b.passed)
+    for key in [k for k in plain_stats if k.startswith("reward/errors/")] + ["reward/code/lookups"]:
+        assert stats[key] == plain_stats[key], key
+    assert "reward/errors/code" in stats and set(stats) >= set(plain_stats) - {"reward/code/shared"}
+    assert stats["time/reward_compute"] > 0 and set(timer.seconds) == {"time/generate", "time/reward"}
+
+    # Groups finish at different engine steps, so the rows reach the reward actors in several calls.
+    ray.get([r.__ray_call__.remote(_resume_engine, s, 0) for r, s in zip(rollouts, states)])
+    calls = ray.get(rollouts[0].generate_scored.remote(rows[0::2], rewards, **sampling))
+    assert len(calls) > 1
+    assert sorted(i for row_indices, _ in calls for i in row_indices) == list(range(len(rows[0::2])))
+    for row_indices, ref in calls:
+        scored, _ = ray.get(ref)
+        assert [s.prompt_id for s in scored] == [rows[0::2][i]["id"] for i in row_indices for _ in range(4)]
+    for actor in rollouts + rewards:
+        ray.kill(actor)
