@@ -56,7 +56,7 @@ class RunConfig:
         default="runs/tiny_cpu", metadata={"help": "run directory: metrics.jsonl, checkpoints, report"}
     )
     seed: int = field(default=0, metadata={"help": "seed for data, sampling and model init", "min": 0})
-    steps: int = field(default=700, metadata={"help": "number of RL steps", "min": 0})
+    steps: int = field(default=800, metadata={"help": "number of RL steps", "min": 0})
     ray_address: str | None = field(
         default=None, metadata={"help": "null starts a local Ray; 'auto' joins a running cluster"}
     )
@@ -168,9 +168,9 @@ class RolloutConfig:
     max_new_tokens: int = field(
         default=24, metadata={"help": "most tokens generated per completion", "min": 1}
     )
-    num_actors: int = field(default=1, metadata={"help": "number of rollout actors", "min": 1})
+    num_actors: int = field(default=2, metadata={"help": "number of rollout actors (vLLM engines)", "min": 1})
     cpus_per_actor: float = field(
-        default=1.0, metadata={"help": "Ray CPUs reserved per rollout actor", "min": 0}
+        default=0.5, metadata={"help": "Ray CPUs reserved per rollout actor", "min": 0}
     )
     threads: int = field(
         default=1, metadata={"help": "torch/OMP threads in each rollout actor", "min": 1}

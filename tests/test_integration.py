@@ -74,9 +74,11 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
     weights = ray.get(trainer.weights.remote())
     assert any(not torch.equal(weights[k], initial[k]) for k in initial)
     trainer_after = ray.get(trainer.sequence_logprobs.remote(probes))
-    engine_after = ray.get(rollout.sequence_logprobs.remote(probes))
-    assert _max_gap(engine_after, trainer_after) < 1e-4
-    assert _max_gap(engine_after, engine_before) > 1e-3  # the comparison can tell weights apart
+    assert len(actors.rollouts) == cfg.rollout.num_actors
+    for engine in actors.rollouts:  # every engine got the new weights
+        engine_after = ray.get(engine.sequence_logprobs.remote(probes))
+        assert _max_gap(engine_after, trainer_after) < 1e-4
+        assert _max_gap(engine_after, engine_before) > 1e-3  # the comparison can tell weights apart
 
     # The saved checkpoint loads in transformers and in vLLM and reproduces the trainer's log-probs.
     final = tmp_path / "final"
