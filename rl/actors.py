@@ -106,26 +106,14 @@ def build_actors(cfg: Config, model_path: str, ref_path: str | None = None) -> A
     return Actors(rollouts, rewards, trainer)
 
 
-# vLLM's CPU sampler draws its Gumbel seeds from the global torch generator of the process the
-# engine runs in (the rollout actor's), so that generator's state fixes the samples still to come.
-ENGINE_RNG = "rollout_rng.pt"
-
-
-def _engine_rng(worker: Any) -> torch.Tensor:
-    return torch.get_rng_state()
-
-
-def _resume_engine(worker: Any, rng: torch.Tensor | None, version: int) -> None:
-    if rng is not None:
-        torch.set_rng_state(rng)
-    worker.version = version
+ENGINE_RNG = "rollout_rng.pt"  # each rollout engine's sampler state (`RolloutWorker.rng_state`)
 
 
 def save_actors(actors: Actors, path: str | Path) -> None:
     """The trainer's checkpoint (weights, optimiser, LR schedule, version, RNG) and each rollout
     engine's RNG state (`rollout_rng.pt`) into `path`."""
     ray.get(actors.trainer.save.remote(str(path)))
-    torch.save(ray.get([r.__ray_call__.remote(_engine_rng) for r in actors.rollouts]), Path(path) / ENGINE_RNG)
+    torch.save(ray.get([r.rng_state.remote() for r in actors.rollouts]), Path(path) / ENGINE_RNG)
 
 
 def resume_actors(actors: Actors, path: str | Path) -> int:
@@ -135,7 +123,7 @@ def resume_actors(actors: Actors, path: str | Path) -> int:
     if len(states) != len(actors.rollouts):
         print(f"warning: {path} holds {len(states)} rollout engine states for {len(actors.rollouts)} engines; "
               "sampling will not repeat the interrupted run", flush=True)
-    ray.get([r.__ray_call__.remote(_resume_engine, states[i] if i < len(states) else None, version)
+    ray.get([r.restore.remote(states[i] if i < len(states) else None, version)
              for i, r in enumerate(actors.rollouts)])
     return version
 

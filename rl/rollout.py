@@ -190,6 +190,21 @@ class RolloutWorker:
             send(len(calls) % len(reward_actors))
         return calls
 
+    def rng_state(self) -> Any:
+        """The sampler's random state: vLLM's CPU sampler draws its Gumbel noise from this process's
+        global torch generator, so this state fixes the samples still to come."""
+        import torch
+
+        return torch.get_rng_state()
+
+    def restore(self, rng_state: Any | None, version: int) -> None:
+        """Continue as an engine that had `rng_state` (None: keep the current one) and held weights `version`."""
+        import torch
+
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+        self.version = version
+
     def load_weights(self, weights: dict, version: int) -> float:
         """Write Hugging Face-named weights into the engine in place; returns seconds spent."""
         from rl.weight_sync import load_hf_weights

@@ -76,7 +76,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
 
     from data_mining.tasks import make_task_split
     from rewards.pool import RewardWorker
-    from rl.actors import Actors, _engine_rng, _resume_engine, generate_and_score
+    from rl.actors import Actors, generate_and_score
     from rl.metrics import PhaseTimer
     from rl.rollout import RolloutWorker
 
@@ -89,10 +89,10 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     actors = Actors(rollouts, rewards, trainer=None)
     rows, _ = make_task_split(["arithmetic", "code"], [1.0, 1.0], 10, 0, seed=3, max_digits=1)
     sampling = dict(n=4, temperature=1.0, max_new_tokens=24)
-    states = ray.get([r.__ray_call__.remote(_engine_rng) for r in rollouts])
+    states = ray.get([r.rng_state.remote() for r in rollouts])
 
     plain, plain_stats = generate_and_score(actors, rows, overlap=False, **sampling)
-    ray.get([r.__ray_call__.remote(_resume_engine, s, 0) for r, s in zip(rollouts, states)])
+    ray.get([r.restore.remote(s, 0) for r, s in zip(rollouts, states)])
     timer = PhaseTimer()
     overlapped, stats = generate_and_score(actors, rows, overlap=True, timer=timer, **sampling)
 
@@ -112,7 +112,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     assert stats["time/reward_compute"] > 0 and set(timer.seconds) == {"time/generate", "time/reward"}
 
     # Groups finish at different engine steps, so the rows reach the reward actors in several calls.
-    ray.get([r.__ray_call__.remote(_resume_engine, s, 0) for r, s in zip(rollouts, states)])
+    ray.get([r.restore.remote(s, 0) for r, s in zip(rollouts, states)])
     calls = ray.get(rollouts[0].generate_scored.remote(rows[0::2], rewards, **sampling))
     assert len(calls) > 1
     assert sorted(i for row_indices, _ in calls for i in row_indices) == list(range(len(rows[0::2])))
