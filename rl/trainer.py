@@ -230,14 +230,14 @@ class TrainerWorker:
             self._update(samples, old, ref, slice_idx, share, stats, gaps)
         self.version += 1
         stats, gaps = self._gather(stats, gaps)
-        by_domain: dict[str, list[torch.Tensor]] = {}
+        parts: dict[str, list[torch.Tensor]] = {}
         for part in gaps:
             for domain, values in part.items():
-                by_domain.setdefault(domain, []).append(values)
-        gap = torch.cat([v for parts in by_domain.values() for v in parts]) if by_domain else torch.zeros(0)
+                parts.setdefault(domain, []).append(values)
+        by_domain = {domain: torch.cat(values) for domain, values in parts.items()}
+        gap = torch.cat(list(by_domain.values())) if by_domain else torch.zeros(0)
         result = {k: sum(v) / len(v) for k, v in stats.items()}
-        for domain, parts in sorted(by_domain.items()):  # which domain the largest gaps come from
-            values = torch.cat(parts)
+        for domain, values in by_domain.items():  # which domain the largest gaps come from
             if values.numel():
                 result[f"rollout/logprob_abs_diff_max/{domain}"] = values.max().item()
         result.update(

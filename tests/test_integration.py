@@ -26,27 +26,68 @@ def _max_gap(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
-def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp_path):
-    import ray
-
-    from data_mining.sampler import EpochSampler
-    from rl.actors import build_actors
+def _config(tiny_checkpoint: str, run_dir: Path):
     from rl.config import load_config
-    from rl.metrics import MetricsLog
-    from rl.policy import load_policy
-    from rl.rollout import RolloutWorker
-    from run_rl import load_prompts, rl_loop
 
-    cfg = load_config(
+    return load_config(
         "configs/tiny_cpu.yaml",
         [
-            f"model.path={tiny_checkpoint}", f"run.dir={tmp_path}", "run.steps=2",
+            f"model.path={tiny_checkpoint}", f"run.dir={run_dir}", "run.steps=2",
             "train.prompts_per_step=8", "rollout.samples_per_prompt=4", "train.lr=1e-3",
             "data.train_prompts=64", "data.heldout_prompts=8", "data.max_digits=1", "rollout.max_new_tokens=6",
             "data.tasks=[arithmetic]", "data.task_weights=[1]",
             "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
         ],
     )
+
+
+def _check_metrics(run_dir: Path) -> None:
+    """One line per step, with the rollout/trainer gap below the bar on every step."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1]
+    for r in lines:
+        assert r["rollout/logprob_abs_diff_max"] < 1e-4
+        assert 0.0 <= r["reward/mean"] <= 1.0 and r["response/length_mean"] > 0
+        for key in ("train/loss", "train/entropy", "train/clip_fraction", "time/generate", "time/sync"):
+            assert key in r
+    assert lines[1]["policy_version"] == 2.0
+    assert any(r["train/advantage_abs_mean"] > 0 for r in lines)  # there was something to learn
+
+
+def _check_saved_checkpoint(trainer, tiny_checkpoint: str, final: Path, probes: list[list[int]],
+                            trainer_lp: list[list[float]]) -> None:
+    """The trainer's saved checkpoint loads in transformers and in vLLM and reproduces its log-probs."""
+    import ray
+
+    from rl.policy import load_policy
+    from rl.rollout import RolloutWorker
+
+    ray.get(trainer.save.remote(str(final)))
+    for f in Path(tiny_checkpoint).glob("tokenizer*"):
+        shutil.copy(f, final / f.name)
+    hf = load_policy(final).eval()
+    with torch.no_grad():
+        hf_lp = [
+            torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1)
+            .gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+            for ids in probes
+        ]
+    assert _max_gap(hf_lp, trainer_lp) < 1e-4
+    reloaded = ray.remote(RolloutWorker).options(num_cpus=1).remote(str(final), max_model_len=64)
+    assert _max_gap(ray.get(reloaded.sequence_logprobs.remote(probes)), trainer_lp) < 1e-4
+    ray.kill(reloaded)
+
+
+def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp_path):
+    import ray
+
+    from data_mining.sampler import EpochSampler
+    from rl.actors import build_actors
+    from rl.metrics import MetricsLog
+    from rl.policy import load_policy
+    from run_rl import load_prompts, rl_loop
+
+    cfg = _config(tiny_checkpoint, tmp_path)
     actors = build_actors(cfg, tiny_checkpoint)
     rollout, trainer = actors.rollouts[0], actors.trainer
     probes = _probe_ids(tiny_checkpoint)
@@ -58,17 +99,7 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
     log = MetricsLog(tmp_path, cfg.run.steps)
     rl_loop(cfg, actors, EpochSampler(train_rows, seed=0), log, tmp_path)
     log.close()
-
-    # Metrics: one line per step, with the rollout/trainer gap below the bar on every step.
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [0, 1]
-    for r in lines:
-        assert r["rollout/logprob_abs_diff_max"] < 1e-4
-        assert 0.0 <= r["reward/mean"] <= 1.0 and r["response/length_mean"] > 0
-        for key in ("train/loss", "train/entropy", "train/clip_fraction", "time/generate", "time/sync"):
-            assert key in r
-    assert lines[1]["policy_version"] == 2.0
-    assert any(r["train/advantage_abs_mean"] > 0 for r in lines)  # there was something to learn
+    _check_metrics(tmp_path)
 
     # The policy changed, and the engine computes what the trainer computes with the new weights.
     weights = ray.get(trainer.weights.remote())
@@ -80,22 +111,7 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
         assert _max_gap(engine_after, trainer_after) < 1e-4
         assert _max_gap(engine_after, engine_before) > 1e-3  # the comparison can tell weights apart
 
-    # The saved checkpoint loads in transformers and in vLLM and reproduces the trainer's log-probs.
-    final = tmp_path / "final"
-    ray.get(trainer.save.remote(str(final)))
-    for f in Path(tiny_checkpoint).glob("tokenizer*"):
-        shutil.copy(f, final / f.name)
-    hf = load_policy(final).eval()
-    with torch.no_grad():
-        hf_lp = [
-            torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1], -1)
-            .gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
-            for ids in probes
-        ]
-    assert _max_gap(hf_lp, trainer_after) < 1e-4
-    for actor in actors.rollouts:
+    for actor in actors.rollouts:  # frees their CPUs for the reloaded engine
         ray.kill(actor)
-    reloaded = ray.remote(RolloutWorker).options(num_cpus=1).remote(str(final), max_model_len=64)
-    assert _max_gap(ray.get(reloaded.sequence_logprobs.remote(probes)), trainer_after) < 1e-4
-    ray.kill(reloaded)
+    _check_saved_checkpoint(trainer, tiny_checkpoint, tmp_path / "final", probes, trainer_after)
     ray.kill(trainer)
