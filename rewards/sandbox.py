@@ -5,10 +5,13 @@
 
 Process layout (isolation "namespaces", the default where the kernel allows it):
 
-    host (this process) ── init (python -I) ──unshare(mnt, pid, net, ipc, uts)──▶ pid-1 init ──fork──▶ worker
+    host (this process) ── fork server (python -I -S, one per host process)
+                              └─fork─▶ init ──unshare(mnt, pid, net, ipc, uts)──▶ pid-1 init ──fork──▶ worker
 
-The pid-1 init makes every inherited mount read-only, mounts a fresh tmpfs (size-capped) on the
-empty working directory and on /dev/shm, and a private /proc; it then forks the worker, which sets
+The fork server is started once and forks a fresh init for each run, so a run costs no interpreter
+start; the init gets its own session, stdin /dev/null and the run's pipes. The pid-1 init makes
+every inherited mount read-only, mounts a fresh tmpfs (size-capped) on the empty working directory
+and on /dev/shm, and a private /proc; it then forks the worker, which sets
 its rlimits (CPU time, address space, processes, file size, open files), drops to an unprivileged
 uid used by no one else (when root), and runs the program in-process (no second interpreter start).
 The network namespace has only a down loopback device, so there is no network. When the worker
@@ -40,12 +43,15 @@ bytes come back as `ExecResult.channel` (for a harness's end marker).
 
 from __future__ import annotations
 
-import json
+import ast
+import functools
+import marshal
 import math
 import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,8 +131,11 @@ def _run(source: str, limits: Limits, data: bytes, mode: str, layout: _CgroupLay
     os.chmod(workdir, 0o700)
     payload = len(source.encode()).to_bytes(8, "big") + source.encode() + data
     data_fd = os.memfd_create("sandbox-data", os.MFD_CLOEXEC)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     chan_r, chan_w = os.pipe()
     stat_r, stat_w = os.pipe()
+    theirs = [out_w, err_w, data_fd, chan_w, stat_w]  # the init's ends, in _spawned_init's order
     try:
         _write_all(data_fd, payload)
         os.lseek(data_fd, 0, os.SEEK_SET)
@@ -138,31 +147,111 @@ def _run(source: str, limits: Limits, data: bytes, mode: str, layout: _CgroupLay
         config = {
             "limits": asdict(limits), "isolation": mode, "workdir": workdir, "uid": uid,
             "host_uid": os.getuid(), "host_gid": os.getgid(), "path": _import_path(),
-            "fds": {"data": data_fd, "channel": chan_w, "status": stat_w},
             "cgroup_procs": group.procs if group is not None else [],
         }
         start = time.monotonic()
+        pid = _spawner.spawn(config, theirs)
+        for fd in theirs:
+            os.close(fd)
+        theirs = []
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _INIT_COMMAND, __file__, json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(data_fd, chan_w, stat_w), start_new_session=True, cwd="/",
-            )
+            result = _collect(pid, out_r, err_r, chan_r, stat_r, limits, start + limits.wall_s + 1.0)
         finally:
-            for fd in (data_fd, chan_w, stat_w):
-                os.close(fd)
-        result = _collect(proc, chan_r, stat_r, limits, start + limits.wall_s + 1.0)
+            _spawner.reap(pid)
         result.wall_s = time.monotonic() - start
         result.isolation = mode
         if group is not None:
             result.cgroup, result.oom_killed = layout.version, group.oom_killed()
         return result
     finally:
-        for fd in (chan_r, stat_r):
+        for fd in (out_r, err_r, chan_r, stat_r, *theirs):
             os.close(fd)
         if group is not None:
             group.remove()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Spawner:
+    """The host's end of the fork server: a small long-lived interpreter (`python -I -S`, the sandbox
+    side of this file loaded, ctypes imported) that forks one init per run. A fork costs well under
+    a millisecond; starting an interpreter for each run, with its imports, cost about 10 ms more.
+    Runs go to it over a Unix socket with their pipes and data as passed descriptors; it answers
+    with the init's pid, which stays reserved (unreaped, so killing its process group is safe)
+    until `reap`. It exits when this process closes the socket (so also when this process dies), and
+    is restarted if it dies; one per process (a forked child of the host starts its own)."""
+
+    def __init__(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        """A fresh state: at start, and in a forked child (which must not share its parent's
+        server, and whose copy of the lock may be held by a thread that does not exist there)."""
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+
+    def _start(self) -> None:
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _SERVER_COMMAND, _init_code(), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
+                start_new_session=True, cwd="/",
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def _stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()  # the server reads EOF and exits
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._sock = self._proc = None
+
+    def spawn(self, config: dict, fds: list[int]) -> int:
+        """Fork an init for `config` with `fds` (stdout, stderr, data, channel, status); its pid."""
+        message = marshal.dumps(("run", config))
+        with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None or self._proc.poll() is not None:
+                    try:
+                        self._start()
+                    except OSError as exc:
+                        raise SandboxError(f"cannot start the sandbox fork server: {exc}") from exc
+                try:
+                    socket.send_fds(self._sock, [message], fds)
+                    reply = self._sock.recv(1 << 16)
+                    kind, value = marshal.loads(reply)
+                except (OSError, EOFError, ValueError, TypeError) as exc:
+                    # The server died (any init it forked died with it: PDEATHSIG); start a new one.
+                    self._stop()
+                    if attempt == 2:
+                        raise SandboxError(f"sandbox fork server failed: {exc!r}") from exc
+                    continue
+                if kind != "ok":
+                    raise SandboxError(f"sandbox fork server: {value}")
+                return value
+        raise AssertionError("unreachable")
+
+    def reap(self, pid: int) -> None:
+        """Let the server collect `pid` once it has exited (its pid may then be reused)."""
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    self._sock.send(marshal.dumps(("reap", pid)))
+                except OSError:
+                    pass  # a dead server's children are gone with it
+
+
+_spawner = _Spawner()
+os.register_at_fork(after_in_child=_spawner._forget)
 
 
 def _import_path() -> list[str]:
@@ -189,13 +278,15 @@ def _next_uid() -> int:
         return UID_BASE + (os.getpid() % 100_000) * 1000 + _uid_counter % 1000
 
 
-def _collect(proc: subprocess.Popen, chan_r: int, stat_r: int, limits: Limits, deadline: float) -> ExecResult:
-    """Read the pipes until all close or the backup deadline; caps stdout/stderr."""
+def _collect(pid: int, out_r: int, err_r: int, chan_r: int, stat_r: int, limits: Limits,
+             deadline: float) -> ExecResult:
+    """Read the pipes until all close or the backup deadline; caps stdout/stderr. All closed
+    means the init and everything it started are gone (each held the write ends)."""
     bufs = {"stdout": bytearray(), "stderr": bytearray(), "channel": bytearray(), "status": bytearray()}
     caps = {"stdout": limits.output_bytes, "stderr": limits.output_bytes, "channel": 1 << 16, "status": 1 << 16}
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    sel.register(out_r, selectors.EVENT_READ, "stdout")
+    sel.register(err_r, selectors.EVENT_READ, "stderr")
     sel.register(chan_r, selectors.EVENT_READ, "channel")
     sel.register(stat_r, selectors.EVENT_READ, "status")
     timed_out = exceeded = False
@@ -218,13 +309,10 @@ def _collect(proc: subprocess.Popen, chan_r: int, stat_r: int, limits: Limits, d
             if exceeded:
                 break
     finally:
-        if timed_out or exceeded or proc.poll() is None:
-            _kill_group(proc)
+        if sel.get_map():  # timed out, output cap passed, or interrupted
+            _kill_group(pid)
             _drain(sel, time.monotonic() + 1.0)  # EOF on every pipe: the killed tree is gone
         sel.close()
-        proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
     status = _parse_status(bytes(bufs["status"]))
     if "setup_error" in status:
         raise SandboxError(status["setup_error"])
@@ -247,17 +335,22 @@ def _drain(sel: selectors.BaseSelector, deadline: float) -> None:
                 sel.unregister(key.fd)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _kill_group(pid: int) -> None:
+    """Kill the init's process group (its session, made by setsid), or the init alone if it has not
+    made it yet; its pid is not reaped before `reap`, so neither can hit another process."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            continue
 
 
 def _parse_status(raw: bytes) -> dict:
+    """The init's report: a dict literal (read as data only; malformed means no report)."""
     try:
-        status = json.loads(raw)
-    except ValueError:
+        status = ast.literal_eval(raw.decode("utf-8"))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
         return {}
     return status if isinstance(status, dict) else {}
 
@@ -557,19 +650,31 @@ def default_pool() -> SandboxPool:
         return _pool
 
 
-# ---------------------------------------------------------------- sandbox side
-# Everything below runs in the init process started by `run_python` (stdlib only, no threads).
-
-# The init runs only this side of the file, read by path (not imported as `rewards.sandbox`, so the
-# worker's sys.path stays clean): the host side's imports (concurrent.futures, dataclasses,
-# subprocess, ...) took about 20 ms of a 46 ms run. Blank lines keep the line numbers of tracebacks.
+# The fork server runs only this side of the file (not the module `rewards.sandbox`, so the worker's
+# sys.path stays clean), compiled by the host and passed in marshal form: the host side's imports
+# (concurrent.futures, dataclasses, subprocess, ...) would weigh on every fork. Configs also travel as
+# marshal, reports as a dict literal, and the worker prints exceptions with the interpreter's
+# built-in hook (json and traceback each pull in `re`). Blank lines keep the line numbers of tracebacks.
 _SIDE_MARKER = "# " + "-" * 64 + " sandbox side"
-_INIT_COMMAND = (
-    "import sys, types; p = sys.argv[1]; src = open(p).read(); i = src.index(" + repr(_SIDE_MARKER) + "); "
-    "m = sys.modules['_sandbox_init'] = types.ModuleType('_sandbox_init'); m.__file__ = p; "
-    "exec(compile('from __future__ import annotations; import json, math, os, signal, sys' "
-    "+ src[:i].count(chr(10)) * chr(10) + src[i:], p, 'exec'), m.__dict__); m._init_main(sys.argv[2])"
+_SERVER_COMMAND = (
+    "import marshal, sys; m = sys.modules['_sandbox_init'] = type(sys)('_sandbox_init'); "
+    "exec(marshal.loads(bytes.fromhex(sys.argv[1])), m.__dict__); m._server_main(int(sys.argv[2]))"
 )
+
+
+@functools.cache
+def _init_code() -> str:
+    """The sandbox side of this file as a marshalled code object, in hex (an argv string)."""
+    with open(__file__) as f:
+        src = f.read()
+    i = src.index(_SIDE_MARKER)
+    head = "from __future__ import annotations; import marshal, math, os, signal, sys"
+    return marshal.dumps(compile(head + src[:i].count("\n") * "\n" + src[i:], __file__, "exec")).hex()
+
+
+# ---------------------------------------------------------------- sandbox side
+# Everything below runs in the fork server and the inits it forks for `run_python` (stdlib only,
+# no threads).
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -583,9 +688,6 @@ _PSEUDO_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "securit
               "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "binfmt_misc", "efivarfs", "autofs"}
 WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-import traceback  # noqa: E402 - loaded before the worker drops to a uid that may not read the stdlib (uid mode)
 
 
 class _Deadline(Exception):
@@ -606,9 +708,70 @@ def _call(libc_fn, ctypes, what: str, *args) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _init_main(config_json: str) -> None:
-    """Entry point of the init process; reports on the status fd and exits."""
-    cfg = json.loads(config_json)
+def _server_main(sock_fd: int) -> None:
+    """The fork server's loop: for each ("run", config) message with its five descriptors, fork an
+    init and answer ("ok", pid); ("reap", pid) collects that init once it has exited. Exits when
+    the host closes the socket."""
+    import select
+    import socket
+
+    _libc()  # imported once here rather than in every init
+    sock = socket.socket(fileno=sock_fd)
+    unreaped: set[int] = set()
+    while True:
+        for pid in list(unreaped):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    unreaped.discard(pid)
+            except ChildProcessError:
+                unreaped.discard(pid)
+        if unreaped and not select.select([sock], [], [], 0.05)[0]:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)  # the host is gone; our inits die with us (PDEATHSIG)
+        kind, value = marshal.loads(message)
+        if kind == "reap":
+            unreaped.add(value)
+            continue
+        try:
+            if len(fds) != 5:
+                raise OSError(f"expected 5 descriptors, got {len(fds)}")
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            sock.send(marshal.dumps(("error", str(exc))))
+            continue
+        if pid == 0:
+            try:
+                sock.close()
+                _spawned_init(value, fds)
+            finally:
+                os._exit(70)
+        for fd in fds:
+            os.close(fd)
+        sock.send(marshal.dumps(("ok", pid)))
+
+
+def _spawned_init(cfg: dict, fds: list[int]) -> None:
+    """A freshly forked init: its own session, stdin /dev/null, the run's pipes as stdout and stderr."""
+    os.setsid()
+    out, err, data, channel, status = fds
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    for fd, target in ((devnull, 0), (out, 1), (err, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir("/")
+    cfg["fds"] = {"data": data, "channel": channel, "status": status}
+    _init_main(cfg)
+
+
+def _init_main(cfg: dict) -> None:
+    """The init's work; reports on the status fd and exits."""
     sys.path[:] = cfg["path"]
     status_fd = cfg["fds"]["status"]
     libc, ctypes = _libc()
@@ -762,7 +925,7 @@ def _kill_uid(uid: int) -> None:
 
 
 def _report(fd: int, status: dict) -> None:
-    os.write(fd, json.dumps(status).encode())
+    os.write(fd, repr(status).encode())
     os.close(fd)
 
 
@@ -817,13 +980,10 @@ def _set_limits(cfg: dict) -> None:
 
 def _run_program(raw: bytes) -> int:
     """Run the program as `__main__` the way `python file.py` would; return its exit status."""
-    import traceback
-    import types
-
     n = int.from_bytes(raw[:8], "big")
     source, data = raw[8 : 8 + n].decode(), raw[8 + n :]
     del raw
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__dict__["__sandbox_data__"] = data
     sys.modules["__main__"] = main
     sys.argv = ["<program>"]
@@ -833,7 +993,7 @@ def _run_program(raw: bytes) -> int:
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException as exc:  # noqa: BLE001 - the program's own error: print it like python does
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        sys.__excepthook__(type(exc), exc, exc.__traceback__.tb_next)  # C: imports nothing
         code = 1
     try:
         import atexit

@@ -243,3 +243,62 @@ def test_pool_runs_jobs_concurrently_in_order():
         pool.shutdown()
     assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
     assert elapsed < 4 * 0.5 + 0.5  # faster than one at a time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_program_sees_only_its_own_descriptors():
+    # Nothing of the fork server (its socket) or of other runs reaches the program.
+    result = run("import os\nopen_fds = {}\nfor fd in os.listdir('/proc/self/fd'):\n    try:\n"
+                 "        open_fds[int(fd)] = os.readlink(f'/proc/self/fd/{fd}')\n"
+                 "    except OSError:\n        pass  # the listing's own descriptor, closed by now\nprint(open_fds)")
+    fds = eval(result.stdout)
+    assert result.ok and sorted(fds) == [0, 1, 2, 4] and fds[0] == "/dev/null", fds
+    assert all(target.startswith("pipe:") for fd, target in fds.items() if fd), fds
+
+
+def test_fork_server_is_restarted_after_it_dies():
+    from rewards import sandbox
+
+    assert run("print(1)").stdout == "1\n"
+    server = sandbox._spawner._proc
+    server.kill()
+    server.wait()
+    assert run("print(2)").stdout == "2\n"
+    assert sandbox._spawner._proc is not server and sandbox._spawner._proc.poll() is None
+
+
+def test_fork_server_exits_with_its_host_and_a_forked_host_gets_its_own():
+    # The host dies (SIGKILL, no clean-up): its fork server reads EOF and exits; a run it had in
+    # flight dies with it (PDEATHSIG), leaving no sandbox process behind.
+    code = ("import os, sys, time\nfrom rewards import sandbox\n"
+            "assert sandbox.run_python('print(1)').stdout == '1\\n'\n"
+            "print(sandbox._spawner._proc.pid, flush=True)\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"  # a forked host must not talk to its parent's server
+            "    r = sandbox.run_python('print(3)')\n"
+            "    print(r.stdout.strip(), sandbox._spawner._proc.pid, flush=True)\n"
+            "    os._exit(0)\n"
+            "os.waitpid(child, 0)\n"
+            "sandbox.run_python('import time\\ntime.sleep(100)', sandbox.Limits(wall_s=60))\n")
+    host = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        server = int(host.stdout.readline())
+        out, child_server = host.stdout.readline().split()
+        assert out == "3" and int(child_server) != server
+        time.sleep(1.0)  # the long run is in flight
+        assert _alive(server)
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + 5
+    while (_alive(server) or sandbox_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(server) and sandbox_processes() == []
