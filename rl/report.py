@@ -619,15 +619,28 @@ def gap_line(run: Run) -> str | None:
             f"({verdict} the {PARITY_BAR:.0e} parity bar)")
 
 
+def largest_phase_counts(run: Run) -> dict[str, int]:
+    """For each top-level phase timer: on how many steps it took longest (steps missing one are skipped)."""
+    keys = [f"time/{p}" for p in PHASES if f"time/{p}" in run.columns]
+    if not keys:
+        return {}
+    stack = np.vstack([run.columns[k] for k in keys])
+    complete = ~np.isnan(stack).any(axis=0)
+    winners = np.argmax(stack[:, complete], axis=0)
+    return {k: int((winners == i).sum()) for i, k in enumerate(keys)}
+
+
 def phase_lines(run: Run) -> list[str]:
     """Mean seconds for every timer; the top-level phases first, then any nested or extra timers."""
     timers = [k for k in run.columns if k.startswith("time/")]
     if not timers:
         return []
     ordered = [f"time/{p}" for p in PHASES if f"time/{p}" in timers]
+    largest = largest_phase_counts(run)
     ordered += sorted(set(timers) - set(ordered))
-    lines = ["", "| timer | mean s / step |", "|---|---|"]
-    lines += [f"| {k[len('time/'):]} | {np.nanmean(run.columns[k]):.4g} |" for k in ordered]
+    lines = ["", "| timer | mean s / step | largest phase on |", "|---|---|---|"]
+    lines += [f"| {k[len('time/'):]} | {np.nanmean(run.columns[k]):.4g} | "
+              f"{f'{largest[k]} steps' if k in largest else ''} |" for k in ordered]
     measured = step_seconds(run)
     if measured is not None:
         lines.append(f"| *measured step (wall clock)* | {np.nanmean(measured[1]):.4g} |")

@@ -106,6 +106,14 @@ def test_report_md_summarises_the_run_and_links_each_plot(report):
     assert f"Steps: {STEPS}" in text
     assert "Max log-prob gap" in text and "parity bar" in text
     assert "| generate |" in text and "| sync |" in text
+    # How often each top-level phase was the step's longest, counted here from the metrics.
+    records = [json.loads(line) for line in (report.parents[1] / "metrics.jsonl").read_text().splitlines()]
+    phases = ("generate", "reward", "train", "sync")
+    longest = [max(phases, key=lambda p: r[f"time/{p}"]) for r in records]
+    assert longest.count("reward") == 0 and longest.count("train") > STEPS // 2
+    for phase in phases:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {phase} |"))
+        assert row.endswith(f"| {longest.count(phase)} steps |"), row
     for name in EXPECTED_PNGS:
         assert f"]({name})" in text
 
