@@ -150,7 +150,7 @@ def _run(source: str, limits: Limits, data: bytes, mode: str, layout: _CgroupLay
             "cgroup_procs": group.procs if group is not None else [],
         }
         start = time.monotonic()
-        pid = _spawner.spawn(config, theirs)
+        pid, server = _spawner.spawn(config, theirs)
         for fd in theirs:
             os.close(fd)
         theirs = []
@@ -158,6 +158,10 @@ def _run(source: str, limits: Limits, data: bytes, mode: str, layout: _CgroupLay
             result = _collect(pid, out_r, err_r, chan_r, stat_r, limits, start + limits.wall_s + 1.0)
         finally:
             _spawner.reap(pid)
+        if result.exit_code is None and result.signal is None and not (result.timed_out or result.output_exceeded) \
+                and _spawner.lost(server):
+            # No report because the fork server died (its inits die with it), not because of the program.
+            raise SandboxError("the sandbox fork server died during the run")
         result.wall_s = time.monotonic() - start
         result.isolation = mode
         if group is not None:
@@ -189,6 +193,7 @@ class _Spawner:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
+        self._started = 0  # servers started so far; the current one's number
 
     def _start(self) -> None:
         self._stop()
@@ -205,6 +210,7 @@ class _Spawner:
         finally:
             theirs.close()
         self._sock = ours
+        self._started += 1
 
     def _stop(self) -> None:
         if self._sock is not None:
@@ -215,8 +221,9 @@ class _Spawner:
                 self._proc.kill()
         self._sock = self._proc = None
 
-    def spawn(self, config: dict, fds: list[int]) -> int:
-        """Fork an init for `config` with `fds` (stdout, stderr, data, channel, status); its pid."""
+    def spawn(self, config: dict, fds: list[int]) -> tuple[int, int]:
+        """Fork an init for `config` with `fds` (stdout, stderr, data, channel, status); its pid and
+        the number of the server that forked it (for `lost`)."""
         message = marshal.dumps(("run", config))
         with self._lock:
             for attempt in (1, 2):
@@ -237,8 +244,13 @@ class _Spawner:
                     continue
                 if kind != "ok":
                     raise SandboxError(f"sandbox fork server: {value}")
-                return value
+                return value, self._started
         raise AssertionError("unreachable")
+
+    def lost(self, server: int) -> bool:
+        """Whether server number `server` has died (or been replaced) since."""
+        with self._lock:
+            return server != self._started or self._proc is None or self._proc.poll() is not None
 
     def reap(self, pid: int) -> None:
         """Let the server collect `pid` once it has exited (its pid may then be reused)."""

@@ -14,6 +14,7 @@ from rewards.sandbox import (
     CGROUP_PREFIX,
     UID_BASE,
     Limits,
+    SandboxError,
     SandboxPool,
     cgroup_layout,
     isolation,
@@ -302,3 +303,33 @@ def test_fork_server_exits_with_its_host_and_a_forked_host_gets_its_own():
     while (_alive(server) or sandbox_processes()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(server) and sandbox_processes() == []
+
+
+def test_a_run_whose_fork_server_dies_is_a_sandbox_error_not_a_verdict():
+    # The init dies with its server, so the run ends without a report; that is the sandbox's failure
+    # (a reward error), not a program that crashed.
+    import threading
+
+    from rewards import sandbox
+
+    assert run("print(1)").ok
+    server = sandbox._spawner._proc
+    outcome: dict = {}
+
+    def long_run():
+        try:
+            outcome["result"] = run_python("import time\ntime.sleep(5)\nprint('slept')", Limits(wall_s=10.0))
+        except SandboxError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=long_run)
+    thread.start()
+    time.sleep(1.0)
+    server.kill()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert "fork server died" in str(outcome.get("error")), outcome
+    # With the server alive, a program that dies of a signal is still the program's failure.
+    killed = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert not killed.ok and killed.signal == 9
+    assert run("print(2)").stdout == "2\n"
