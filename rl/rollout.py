@@ -170,6 +170,8 @@ class RolloutWorker:
             last[actor] = reward_actors[actor].score.remote([s for i in done for s in ready.pop(i)])
             calls.append((done, last[actor]))
 
+        added: list[str] = []
+        finished: set[str] = set()
         try:
             added = self.llm.enqueue([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
             # The engine's request ids are "<counter>-<random suffix>"; outputs carry the counter part.
@@ -177,12 +179,19 @@ class RolloutWorker:
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if out.finished:
+                        finished.add(out.request_id)
                         i = row_of[out.request_id]
                         ready[i] = self._group(rows[i], prompt_ids[i], out, n, routing)
                 if ready:
                     idle = [a for a, ref in enumerate(last) if ref is None or ray.wait([ref], timeout=0)[0]]
                     if idle:
                         send(idle[0])
+        except BaseException:
+            # Leave the engine empty: requests left in it would come out of the next call's steps.
+            unfinished = [rid for rid in added if rid.split("-")[0] not in finished]
+            if unfinished:
+                engine.abort_request(unfinished, internal=True)
+            raise
         finally:
             if routing is not None:
                 routing.stop()

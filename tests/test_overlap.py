@@ -119,5 +119,16 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     for row_indices, ref in calls:
         scored, _ = ray.get(ref)
         assert [s.prompt_id for s in scored] == [rows[0::2][i]["id"] for i in row_indices for _ in range(4)]
+
+    # An error mid-generation (rows without an id fail when the first group finishes, with the others
+    # still generating) leaves the engine empty, and the next call gets only its own rows.
+    broken = [{k: v for k, v in row.items() if k != "id"} for row in rows[0::2]]
+    with pytest.raises(ray.exceptions.RayTaskError, match="KeyError"):
+        ray.get(rollouts[0].generate_scored.remote(broken, rewards, **sampling))
+    assert not ray.get(rollouts[0].__ray_call__.remote(lambda worker: worker.llm.llm_engine.has_unfinished_requests()))
+    calls = ray.get(rollouts[0].generate_scored.remote(rows[0::2], rewards, **sampling))
+    assert sorted(i for row_indices, _ in calls for i in row_indices) == list(range(len(rows[0::2])))
+    for row_indices, ref in calls:
+        assert len(ray.get(ref)[0]) == 4 * len(row_indices)
     for actor in rollouts + rewards:
         ray.kill(actor)
