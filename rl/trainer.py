@@ -136,12 +136,7 @@ class TrainerWorker:
 
         With `measure`, counts how often the policy's own expert choices agree with the rollout's.
         """
-        recorded = None
-        if self.replay and all(s.routed_experts is not None for s in samples):
-            seq_len = batch.input_ids.shape[1]
-            recorded = routing_tensor(
-                [s.routed_experts for s in samples], seq_len, self.replay.num_layers, self.replay.top_k
-            )  # [layers, B * S, k]
+        recorded = self._recorded_routing(samples, batch)
         forced = recorded if self.cfg.routing_replay else None
         with self.replay.apply(forced):
             out = completion_logprobs(self.model, batch, with_entropy=with_entropy)
@@ -150,6 +145,14 @@ class TrainerWorker:
             self._agreement[0] += match
             self._agreement[1] += total
         return out
+
+    def _recorded_routing(self, samples: list[Sample], batch: CompletionBatch) -> torch.Tensor | None:
+        """The rollout's expert choices for `batch` as [layers, B * S, k], or None when a sample has none."""
+        if not self.replay or any(s.routed_experts is None for s in samples):
+            return None
+        return routing_tensor(
+            [s.routed_experts for s in samples], batch.input_ids.shape[1], self.replay.num_layers, self.replay.top_k
+        )
 
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, samples: list[Sample]) -> list[torch.Tensor]:
@@ -182,10 +185,8 @@ class TrainerWorker:
             batch = CompletionBatch.from_samples(chunk, self.pad_id)
             logprobs, _ = self._policy_logprobs(chunk, batch, with_entropy=False, measure=False)  # [b, T]
             gaps += [(logprobs[i, : len(s.completion_ids)] - torch.tensor(s.rollout_logprobs)).abs() for i, s in enumerate(chunk)]
-            if all(s.routed_experts is not None for s in chunk):
-                recorded = routing_tensor(
-                    [s.routed_experts for s in chunk], batch.input_ids.shape[1], self.replay.num_layers, self.replay.top_k
-                )
+            recorded = self._recorded_routing(chunk, batch)
+            if recorded is not None:
                 valid = batch.attention_mask.flatten().bool()
                 for acc, flag in ((own, False), (used, True)):
                     m, t = self.replay.agreement(recorded, valid, used=flag)
