@@ -417,14 +417,23 @@ def step_seconds(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     return run.steps[1:], np.diff(wall)
 
 
-def plot_phases(run: Run, path: Path, window: int) -> Path | None:
-    """Smoothed seconds per phase stacked, with the raw total and the measured step time for reference."""
+def phase_stack(run: Run) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """The top-level phases timed in the run, and their seconds as [phase, step] on the steps where
+    every one of them was timed (with those steps); None when no phase was timed."""
     phases = [p for p in PHASES if f"time/{p}" in run.columns]
     if not phases:
         return None
     stack = np.vstack([run.columns[f"time/{p}"] for p in phases])
-    complete = ~np.isnan(stack).any(axis=0)  # stack only steps where every phase was timed
-    steps, stack = run.steps[complete], stack[:, complete]
+    complete = ~np.isnan(stack).any(axis=0)
+    return phases, run.steps[complete], stack[:, complete]
+
+
+def plot_phases(run: Run, path: Path, window: int) -> Path | None:
+    """Smoothed seconds per phase stacked, with the raw total and the measured step time for reference."""
+    timed = phase_stack(run)
+    if timed is None:
+        return None
+    phases, steps, stack = timed
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax = fig.subplots()
     labels = [f"{p} (mean {stack[i].mean():.3g} s)" for i, p in enumerate(phases)]
@@ -621,13 +630,12 @@ def gap_line(run: Run) -> str | None:
 
 def largest_phase_counts(run: Run) -> dict[str, int]:
     """For each top-level phase timer: on how many steps it took longest (steps missing one are skipped)."""
-    keys = [f"time/{p}" for p in PHASES if f"time/{p}" in run.columns]
-    if not keys:
+    timed = phase_stack(run)
+    if timed is None:
         return {}
-    stack = np.vstack([run.columns[k] for k in keys])
-    complete = ~np.isnan(stack).any(axis=0)
-    winners = np.argmax(stack[:, complete], axis=0)
-    return {k: int((winners == i).sum()) for i, k in enumerate(keys)}
+    phases, _, stack = timed
+    winners = np.argmax(stack, axis=0)
+    return {f"time/{p}": int((winners == i).sum()) for i, p in enumerate(phases)}
 
 
 def phase_lines(run: Run) -> list[str]:
