@@ -18,8 +18,8 @@ from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_task_split
-from rl.actors import (ENGINE_RNG, Actors, build_actors, evaluate, generate_and_score, resume_actors, save_actors,
-                       start_ray, sync_weights)
+from rl.actors import (ENGINE_RNG, Actors, add_stats, build_actors, evaluate, generate_and_score, resume_actors,
+                       save_actors, start_ray, sync_weights)
 from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, sample_metrics
@@ -162,8 +162,7 @@ def rollouts(cfg: Config, actors: Actors, timer: PhaseTimer, reward_stats: dict)
         samples, stats = generate_and_score(actors, rows, overlap=cfg.reward.overlap, timer=timer, n=n,
                                             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                             max_new_tokens=cfg.rollout.max_new_tokens)
-        for key, value in stats.items():
-            reward_stats[key] = reward_stats.get(key, 0.0) + value
+        add_stats(reward_stats, stats)
         return samples
     return draw
 

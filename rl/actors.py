@@ -149,12 +149,17 @@ def score(actors: Actors, samples: list[Sample]) -> tuple[list[Sample], dict[str
     return scored, _sum_stats(results)
 
 
+def add_stats(total: dict[str, float], stats: dict[str, float]) -> None:
+    """Add reward stats (counts and seconds) into `total`, key by key."""
+    for key, value in stats.items():
+        total[key] = total.get(key, 0.0) + value
+
+
 def _sum_stats(results: list[tuple[list[Sample], dict[str, float]]]) -> dict[str, float]:
-    """The stats of reward actors' (samples, stats) answers, summed (they are counts and seconds)."""
+    """The stats of reward actors' (samples, stats) answers, summed."""
     stats: dict[str, float] = {}
     for _, part_stats in results:
-        for key, value in part_stats.items():
-            stats[key] = stats.get(key, 0.0) + value
+        add_stats(stats, part_stats)
     return stats
 
 
