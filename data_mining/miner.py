@@ -47,6 +47,13 @@ OFFLINE_CHUNK = 256  # prompts per generate call in the offline pass
 
 
 @dataclass
+class Draw:
+    rows: list[dict[str, Any]]  # prompts to generate for
+    n: int  # completions per prompt
+    remine: bool = False  # a re-estimate of parked prompts, not training data
+
+
+@dataclass
 class StepBatch:
     train: list[Sample]  # the samples of the groups the update uses
     generated: list[Sample]  # every sample drawn for training this step (re-mining excluded)
@@ -116,7 +123,7 @@ class Miner:
         return cls(rows, cfg.mining, cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt,
                    seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler)
 
-    # --- offline pass and re-mining ------------------------------------------------------------
+    # --- offline pass -------------------------------------------------------------------------
 
     def offline_pass(self, generate_and_score: GenerateAndScore, step: int = 0) -> dict[str, float]:
         """Estimate every pool prompt's pass rate with `estimate_samples` samples; record them."""
@@ -128,23 +135,6 @@ class Miner:
             spent += len(samples)
         self.totals["rollouts"] += spent
         return {"mining/offline_rollouts": float(spent), **self.band_metrics()}
-
-    def remine(self, step: int, generate_and_score: GenerateAndScore) -> dict[str, float]:
-        """Re-estimate a random sample of parked (too_hard, solved) prompts; count band moves."""
-        parked = [p for p in self.rows if self.ledger.entries[p].band in ("too_hard", "solved")]
-        chosen = self.rng.sample(parked, min(self.cfg.remine_prompts, len(parked)))
-        metrics = {"mining/remined_prompts": float(len(chosen)), "mining/remine_moves": 0.0}
-        if not chosen:
-            return metrics
-        samples = generate_and_score([self.rows[p] for p in chosen], self.cfg.estimate_samples)
-        self.totals["rollouts"] += len(samples)
-        metrics["mining/remine_rollouts"] = float(len(samples))
-        for _, old, new in self.ledger.record_samples(samples, step):
-            if old != new:
-                metrics["mining/remine_moves"] += 1
-                key = f"mining/moves/{old}_to_{new}"
-                metrics[key] = metrics.get(key, 0.0) + 1
-        return metrics
 
     # --- drawing -------------------------------------------------------------------------------
 
@@ -188,68 +178,16 @@ class Miner:
         picked = [p for d in sorted(quotas) for p in _weighted_sample(self.rng, candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
 
+    def plan_step(self, step: int) -> "StepFill":
+        """The draws of RL step `step`, one at a time: the driver generates and scores each (see `StepFill`)."""
+        return StepFill(self, step)
+
     def next_batch(self, step: int, generate_and_score: GenerateAndScore) -> StepBatch:
         """Draw, generate, score and filter until prompts_per_step useful groups (or the budget)."""
-        cfg, target = self.cfg, self.prompts_per_step
-        metrics: dict[str, float] = {}
-        spent_before = self.totals["rollouts"]
-        if cfg.enabled and cfg.remine_every:
-            metrics["mining/remine_moves"] = 0.0
-            if step > 0 and step % cfg.remine_every == 0:
-                metrics.update(self.remine(step, generate_and_score))
-        budget = math.floor(cfg.overdraw_budget * target) if cfg.enabled else target
-        generated: list[Sample] = []
-        train: list[Sample] = []
-        reasons: Counter = Counter()
-        drawn: set[str] = set()
-        useful = rounds = 0
-        while useful < target and len(drawn) < budget:
-            need = target - useful
-            if cfg.enabled:
-                rows = self.draw(min(math.ceil(need / max(self.keep_rate, 0.25)), budget - len(drawn)), drawn)
-            else:
-                rows = self.sampler.next(need)
-            if not rows:
-                break
-            drawn.update(r["id"] for r in rows)
-            samples = generate_and_score(rows, self.samples_per_prompt)
-            rounds += 1
-            generated += samples
-            self.ledger.record_samples(samples, step)
-            kept, stats = filter_groups(samples)
-            reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
-            found = _useful(samples)
-            useful += found
-            train += kept if self.drop_zero_variance else samples
-            if not cfg.enabled:
-                break
-            self.keep_rate = 0.7 * self.keep_rate + 0.3 * found / len(rows)
-        groups = int(sum(reasons.values()))  # every group drawn for training this step
-        train_groups = len({s.prompt_id for s in train})
-        self.totals["rollouts"] += len(generated)
-        self.totals["useful_groups"] += useful
-        short = cfg.enabled and useful < target
-        self.totals["short_batches"] += short
-        spent = self.totals["rollouts"] - spent_before
-        metrics.update({
-            **reasons,
-            "filter/zero_variance_fraction": 1.0 - useful / max(1, groups),
-            "mining/zero_variance_fraction_before": 1.0 - useful / max(1, groups),
-            "mining/zero_variance_fraction_after": 1.0 - useful / max(1, train_groups) if train_groups else 0.0,
-            "mining/prompts_drawn": float(len(drawn)),
-            "mining/draw_rounds": float(rounds),
-            "mining/rollouts": float(spent),
-            "mining/useful_groups": float(useful),
-            "mining/short_batch": float(short),
-            "mining/keep_rate": self.keep_rate,
-            "mining/total_rollouts_per_useful_group": self.totals["rollouts"] / max(1, self.totals["useful_groups"]),
-            **self.band_metrics(),
-        })
-        if useful:
-            metrics["mining/rollouts_per_useful_group"] = spent / useful
-        if cfg.enabled:
-            metrics.update({f"mining/quota/{d}": s for d, s in self.domain_shares().items()})
-        return StepBatch(train, generated, metrics)
+        fill = self.plan_step(step)
+        while (draw := fill.next_draw()) is not None:
+            fill.add(draw, generate_and_score(draw.rows, draw.n))
+        return fill.finish()
 
     def band_metrics(self) -> dict[str, float]:
         return {f"mining/band/{b}/{d}": float(n) for (b, d), n in sorted(self.ledger.band_counts().items())
@@ -280,3 +218,117 @@ class Miner:
             ledger.entries.setdefault(pid, entry)
         self.ledger = ledger
         self.load_state(state)
+
+
+class StepFill:
+    """One RL step's draws: draw -> (the caller generates and scores) -> filter, until the batch is full.
+
+        fill = miner.plan_step(step)
+        while (draw := fill.next_draw()) is not None:
+            fill.add(draw, generate_and_score(draw.rows, draw.n))
+        batch = fill.finish()
+
+    When re-mining is due, the first draw re-estimates parked prompts (`Draw.remine`). Then each draw
+    asks for the prompts still missing, scaled up by the recent keep rate, from the learnable and
+    unseen bands (mining on) or the next shuffled prompts (mining off, one draw); `add` records every
+    group in the ledger and keeps the groups with reward variance. The draws stop at
+    `prompts_per_step` useful groups or at the draw budget, and `finish` returns what there is.
+    """
+
+    def __init__(self, miner: Miner, step: int) -> None:
+        self.miner, self.step = miner, step
+        cfg = miner.cfg
+        self.target = miner.prompts_per_step
+        self.budget = math.floor(cfg.overdraw_budget * self.target) if cfg.enabled else self.target
+        self.metrics: dict[str, float] = {}
+        self.spent_before = miner.totals["rollouts"]
+        self.generated: list[Sample] = []
+        self.train: list[Sample] = []
+        self.reasons: Counter = Counter()
+        self.drawn: set[str] = set()
+        self.useful = self.rounds = 0
+        self.remine_due = cfg.enabled and bool(cfg.remine_every)
+        if self.remine_due:
+            self.metrics["mining/remine_moves"] = 0.0
+            self.remine_due = step > 0 and step % cfg.remine_every == 0
+        self.done = False
+
+    def next_draw(self) -> Draw | None:
+        """The next prompts to generate for, or None when the step's batch is settled."""
+        miner, cfg = self.miner, self.miner.cfg
+        if self.remine_due:
+            self.remine_due = False
+            parked = [p for p in miner.rows if miner.ledger.entries[p].band in ("too_hard", "solved")]
+            chosen = miner.rng.sample(parked, min(cfg.remine_prompts, len(parked)))
+            self.metrics["mining/remined_prompts"] = float(len(chosen))
+            self.metrics["mining/remine_moves"] = 0.0
+            if chosen:
+                return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
+        if self.done or self.useful >= self.target or len(self.drawn) >= self.budget:
+            return None
+        need = self.target - self.useful
+        if cfg.enabled:
+            rows = miner.draw(min(math.ceil(need / max(miner.keep_rate, 0.25)), self.budget - len(self.drawn)),
+                              self.drawn)
+        else:
+            rows = miner.sampler.next(need)
+        if not rows:
+            return None
+        self.drawn.update(r["id"] for r in rows)
+        return Draw(rows, miner.samples_per_prompt)
+
+    def add(self, draw: Draw, samples: list[Sample]) -> None:
+        """Record `draw`'s scored samples: the ledger, then (training draws) the groups worth training on."""
+        miner = self.miner
+        if draw.remine:
+            miner.totals["rollouts"] += len(samples)
+            self.metrics["mining/remine_rollouts"] = float(len(samples))
+            for _, old, new in miner.ledger.record_samples(samples, self.step):
+                if old != new:
+                    self.metrics["mining/remine_moves"] += 1
+                    key = f"mining/moves/{old}_to_{new}"
+                    self.metrics[key] = self.metrics.get(key, 0.0) + 1
+            return
+        self.rounds += 1
+        self.generated += samples
+        miner.ledger.record_samples(samples, self.step)
+        kept, stats = filter_groups(samples)
+        self.reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
+        found = _useful(samples)
+        self.useful += found
+        self.train += kept if miner.drop_zero_variance else samples
+        if not miner.cfg.enabled:
+            self.done = True
+            return
+        miner.keep_rate = 0.7 * miner.keep_rate + 0.3 * found / len(draw.rows)
+
+    def finish(self) -> StepBatch:
+        """The step's batch and its mining metrics; the run totals updated."""
+        miner, cfg, useful = self.miner, self.miner.cfg, self.useful
+        groups = int(sum(self.reasons.values()))  # every group drawn for training this step
+        train_groups = len({s.prompt_id for s in self.train})
+        miner.totals["rollouts"] += len(self.generated)
+        miner.totals["useful_groups"] += useful
+        short = cfg.enabled and useful < self.target
+        miner.totals["short_batches"] += short
+        spent = miner.totals["rollouts"] - self.spent_before
+        metrics = self.metrics
+        metrics.update({
+            **self.reasons,
+            "filter/zero_variance_fraction": 1.0 - useful / max(1, groups),
+            "mining/zero_variance_fraction_before": 1.0 - useful / max(1, groups),
+            "mining/zero_variance_fraction_after": 1.0 - useful / max(1, train_groups) if train_groups else 0.0,
+            "mining/prompts_drawn": float(len(self.drawn)),
+            "mining/draw_rounds": float(self.rounds),
+            "mining/rollouts": float(spent),
+            "mining/useful_groups": float(useful),
+            "mining/short_batch": float(short),
+            "mining/keep_rate": miner.keep_rate,
+            "mining/total_rollouts_per_useful_group": miner.totals["rollouts"] / max(1, miner.totals["useful_groups"]),
+            **miner.band_metrics(),
+        })
+        if useful:
+            metrics["mining/rollouts_per_useful_group"] = spent / useful
+        if cfg.enabled:
+            metrics.update({f"mining/quota/{d}": s for d, s in miner.domain_shares().items()})
+        return StepBatch(self.train, self.generated, metrics)

@@ -17,7 +17,7 @@ import importlib.util
 import os
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -327,13 +327,6 @@ class TrainConfig:
     threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
 
     def validate(self) -> None:
-        # The registries live with the algorithms (torch); imported here, once, at load.
-        from rl import algos
-
-        for key, names in (("advantage", algos.ADVANTAGES.names()), ("policy_loss", algos.POLICY_LOSSES.names())):
-            value = getattr(self, key)
-            if value not in names:
-                raise ConfigError(f"config key 'train.{key}' must be one of {sorted(names)}, got {value!r}")
         if 0 < self.dual_clip <= 1:
             raise ConfigError(f"config key 'train.dual_clip' must be 0 (off) or > 1, got {self.dual_clip}")
 
@@ -488,12 +481,25 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _NONE = type(None)
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Config:
-    """Read `path` (None: all defaults), apply `KEY=VALUE` overrides in order, check, and freeze."""
+NameCheck = Callable[[Config], None]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), checks: Sequence[NameCheck] = ()
+) -> Config:
+    """Read `path` (None: all defaults), apply `KEY=VALUE` overrides in order, check, and freeze.
+
+    `checks` are the registries' own checks of the names the config refers to (algorithms, task
+    families, reward routes; e.g. `rl.algos.check_names`), each raising ConfigError naming the key:
+    the registries live with their packages, so the config tree itself imports none of them.
+    """
     raw = _read_yaml(path) if path is not None else {}
     for text in overrides:
         _apply_override(raw, text)
-    return _build(Config, raw, "")
+    cfg = _build(Config, raw, "")
+    for check in checks:
+        check(cfg)
+    return cfg
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -733,9 +739,10 @@ def _show(value: Any) -> str:
 
 
 def parse_cli(
-    argv: Sequence[str] | None = None, description: str = ""
+    argv: Sequence[str] | None = None, description: str = "", checks: Sequence[NameCheck] = ()
 ) -> tuple[Config, argparse.Namespace]:
-    """Parse `[--config PATH] [--ray-address ADDR] [--dry-run] [KEY=VALUE ...]` into a Config.
+    """Parse `[--config PATH] [--ray-address ADDR] [--dry-run] [KEY=VALUE ...]` into a Config,
+    checked by `checks` too (see `load_config`).
 
     A bad config prints `error: <message>` on stderr and exits with status 2, like argparse.
     """
@@ -767,7 +774,7 @@ def parse_cli(
     if args.ray_address is not None:
         overrides.insert(0, f"run.ray_address={args.ray_address}")
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, checks)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     return cfg, args

@@ -278,3 +278,40 @@ def sample_metrics(samples: list, prefix: str = "reward") -> dict[str, float]:
     out["response/length_mean"] = sum(len(s.completion_ids) for s in samples) / len(samples)
     out["response/truncated_fraction"] = sum(s.truncated for s in samples) / len(samples)
     return out
+
+
+def step_metrics(batch: Any, reward_stats: dict[str, float], train_stats: dict[str, Any], timer: PhaseTimer,
+                 step: int, gap_warn: float) -> dict[str, Any]:
+    """One RL step's record: the generated samples' rewards, reward and mining stats, the trainer's
+    metrics, phase seconds and generation throughput; warns when the rollout/trainer log-prob gap
+    exceeds `gap_warn` (the weight sync or the engine is then wrong)."""
+    tokens = sum(len(s.completion_ids) for s in batch.generated)
+    metrics = {**sample_metrics(batch.generated), **reward_stats, **batch.metrics, **train_stats, **timer.seconds,
+               "perf/tokens_per_second": tokens / timer.seconds["time/generate"]}
+    gap = metrics.get("rollout/logprob_abs_diff_max", 0.0)
+    if gap > gap_warn:
+        print(f"WARNING: rollout/trainer log-prob gap {gap:.2e} exceeds {gap_warn:.0e} at step {step}", flush=True)
+    return metrics
+
+
+def format_rates(result: dict | None) -> str:
+    """'0.292 (code 0.559, instruction 0.641, math 0.133)' from an evaluation's result; 'n/a' without one."""
+    if not result:
+        return "n/a"
+    domains = ", ".join(f"{k.split('/', 1)[1]} {v:.3f}" for k, v in sorted(result.items()) if "/" in k)
+    return f"{result['pass_rate']:.3f}" + (f" ({domains})" if domains else "")
+
+
+def describe_plan(cfg: Any, model_path: str, n_train: int, n_heldout: int, start_step: int) -> str:
+    """What a run with `cfg` would do (the `--dry-run` output): steps, data, sinks, resume point."""
+    m = cfg.monitor
+    sinks = [name for name, on in (("metrics.jsonl", True), ("Ray metrics", m.ray_metrics),
+                                   ("TensorBoard", m.tensorboard), ("W&B", m.wandb)) if on]
+    where = "the cluster's" if cfg.run.ray_address else f"{m.dashboard_host}:{m.dashboard_port}"
+    lines = [f"plan: {cfg.run.steps} steps x {cfg.train.prompts_per_step} prompts x "
+             f"{cfg.rollout.samples_per_prompt} samples on {model_path}; {n_train} train / "
+             f"{n_heldout} held-out prompts; run dir {Path(cfg.run.dir)}",
+             f"monitor: Ray dashboard on {where}; metrics to {', '.join(sinks)}; progress {m.progress}"]
+    if cfg.run.resume:
+        lines.append(f"resume: from {cfg.run.resume} at step {start_step}")
+    return "\n".join(lines)

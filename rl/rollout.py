@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
+from rl.config import RolloutConfig
 from rl.types import Sample
 
 
 def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     # vLLM reads these lazily, so setting them before the engine is built is enough.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_gib))))
     # Thread placement is the actor's budget, not vLLM's auto-binding to the last cores.
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    # Per-request INFO lines would bury the step progress in the driver's output.
+    # Per-request INFO lines would bury the step progress in the driver's output (vLLM's own
+    # VLLM_LOGGING_LEVEL still wins when set, to debug the engine).
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     import torch
 
@@ -31,18 +33,11 @@ class RolloutWorker:
     """Ray actor body (wrapped with ray.remote by the driver)."""
 
     def __init__(
-        self,
-        model_path: str,
-        *,
-        dtype: str = "float32",
-        seed: int = 0,
-        threads: int = 1,
-        kv_cache_gib: float = 1.0,
-        enforce_eager: bool = True,
+        self, model_path: str, cfg: RolloutConfig = RolloutConfig(), *, dtype: str = "float32", seed: int = 0,
         max_model_len: int = 256,
-        record_routing: bool = False,
     ) -> None:
-        _configure_cpu_engine(threads, kv_cache_gib)
+        """An engine on `model_path` set up by `cfg` (threads, KV cache, eager mode, routing capture)."""
+        _configure_cpu_engine(cfg.threads, cfg.kv_cache_gib)
         from rl.weight_sync import install_layout_recorder
 
         install_layout_recorder()
@@ -53,14 +48,14 @@ class RolloutWorker:
             model=model_path,
             dtype=dtype,
             seed=seed,
-            enforce_eager=enforce_eager,
+            enforce_eager=cfg.enforce_eager,
             max_model_len=max_model_len,
             # Prefix caching would reuse KV computed under older weights after a sync.
             enable_prefix_caching=False,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.routing = None
-        if record_routing:  # the routed experts of every token, for routing replay in the trainer
+        if cfg.record_routing:  # the routed experts of every token, for routing replay in the trainer
             from rl.routing import VllmRoutingRecorder
 
             runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
@@ -110,66 +105,16 @@ class RolloutWorker:
             )
         return samples
 
-    def generate(
-        self,
-        rows: list[dict[str, Any]],
-        *,
-        n: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 16,
-        record_routing: bool = True,
-    ) -> list[Sample]:
-        """`n` sampled completions for each row (`id`, `domain`, `prompt`, `reference`).
+    def _run(self, rows: list[dict[str, Any]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+             record_routing: bool, on_step: Callable[[dict[int, list[Sample]]], None]) -> None:
+        """Generate `n` completions per row, stepping the engine; after each engine step, the rows
+        whose `n` completions finished in it go to `on_step({row index: samples})` (maybe empty).
 
-        With a routing recorder (and `record_routing`), each Sample carries its routed experts.
+        Steps the engine as `LLM.generate` does (same requests, added by `LLM.enqueue`), so the
+        same samples come out for the same engine RNG state whatever the callback does.
         """
-        params, prompt_ids, routing = self._start(rows, n, temperature, top_p, max_new_tokens, record_routing)
-        try:
-            outputs = self.llm.generate(
-                [{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False
-            )
-        finally:
-            if routing is not None:
-                routing.stop()
-        return [s for row, ids, out in zip(rows, prompt_ids, outputs, strict=True)
-                for s in self._group(row, ids, out, n, routing)]
-
-    def generate_scored(
-        self,
-        rows: list[dict[str, Any]],
-        reward_actors: list[Any],
-        *,
-        n: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 16,
-        record_routing: bool = True,
-    ) -> list[tuple[list[int], Any]]:
-        """`generate`, with scoring started while the engine still generates.
-
-        Drives the engine step by step as `LLM.generate` does (same requests, added by
-        `LLM.enqueue`, so the same samples for the same engine RNG state). After each engine step,
-        the prompts whose `n` completions all finished are built into Samples; they wait until a
-        reward actor has no call of ours in flight and then go to it in one call, so a busy scorer
-        gets larger batches (its worker threads and sandbox pool stay full) and an idle one starts
-        at once. Whatever is left when generation ends goes out then. Returns `(row indices, ObjectRef
-        of that actor's (scored samples, stats))` per call, each call's samples in row order, `n` per
-        row, like `generate`.
-        """
-        import ray
-
         params, prompt_ids, routing = self._start(rows, n, temperature, top_p, max_new_tokens, record_routing)
         engine = self.llm.llm_engine
-        calls: list[tuple[list[int], Any]] = []
-        last: list[Any] = [None] * len(reward_actors)  # each actor's call in flight
-        ready: dict[int, list[Sample]] = {}  # finished rows not sent yet
-
-        def send(actor: int) -> None:
-            done = sorted(ready)
-            last[actor] = reward_actors[actor].score.remote([s for i in done for s in ready.pop(i)])
-            calls.append((done, last[actor]))
-
         added: list[str] = []
         finished: set[str] = set()
         try:
@@ -177,15 +122,13 @@ class RolloutWorker:
             # The engine's request ids are "<counter>-<random suffix>"; outputs carry the counter part.
             row_of = {rid.split("-")[0]: i for i, rid in enumerate(added)}
             while engine.has_unfinished_requests():
+                done = {}
                 for out in engine.step():
                     if out.finished:
                         finished.add(out.request_id)
                         i = row_of[out.request_id]
-                        ready[i] = self._group(rows[i], prompt_ids[i], out, n, routing)
-                if ready:
-                    idle = [a for a, ref in enumerate(last) if ref is None or ray.wait([ref], timeout=0)[0]]
-                    if idle:
-                        send(idle[0])
+                        done[i] = self._group(rows[i], prompt_ids[i], out, n, routing)
+                on_step(done)
         except BaseException:
             # Leave the engine empty: requests left in it would come out of the next call's steps.
             unfinished = [rid for rid in added if rid.split("-")[0] not in finished]
@@ -195,6 +138,49 @@ class RolloutWorker:
         finally:
             if routing is not None:
                 routing.stop()
+
+    def generate(self, rows: list[dict[str, Any]], *, n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 16, record_routing: bool = True) -> list[Sample]:
+        """`n` sampled completions for each row (`id`, `domain`, `prompt`, `reference`), row by row.
+
+        With a routing recorder (and `record_routing`), each Sample carries its routed experts.
+        """
+        groups: dict[int, list[Sample]] = {}
+        self._run(rows, n, temperature, top_p, max_new_tokens, record_routing, groups.update)
+        return [s for i in range(len(rows)) for s in groups[i]]
+
+    def generate_scored(self, rows: list[dict[str, Any]], reward_actors: list[Any], *, n: int,
+                        temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 16,
+                        record_routing: bool = True) -> list[tuple[list[int], Any]]:
+        """`generate`, with scoring started while the engine still generates.
+
+        After each engine step, the prompts whose `n` completions all finished wait until a reward
+        actor has no call of ours in flight and then go to it in one call, so a busy scorer gets
+        larger batches (its worker threads and sandbox pool stay full) and an idle one starts at
+        once. Whatever is left when generation ends goes out then. Returns `(row indices, ObjectRef
+        of that actor's (scored samples, stats))` per call, each call's samples in row order, `n` per
+        row, like `generate`.
+        """
+        import ray
+
+        calls: list[tuple[list[int], Any]] = []
+        last: list[Any] = [None] * len(reward_actors)  # each actor's call in flight
+        ready: dict[int, list[Sample]] = {}  # finished rows not sent yet
+
+        def send(actor: int) -> None:
+            done = sorted(ready)
+            last[actor] = reward_actors[actor].score.remote([s for i in done for s in ready.pop(i)])
+            calls.append((done, last[actor]))
+
+        def on_step(done: dict[int, list[Sample]]) -> None:
+            ready.update(done)
+            if not ready:
+                return
+            idle = [a for a, ref in enumerate(last) if ref is None or ray.wait([ref], timeout=0)[0]]
+            if idle:
+                send(idle[0])
+
+        self._run(rows, n, temperature, top_p, max_new_tokens, record_routing, on_step)
         if ready:
             send(len(calls) % len(reward_actors))
         return calls

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -44,8 +43,8 @@ CASES = {
 }
 
 
-def _cfg(case: str) -> dict:
-    return asdict(TrainConfig(lr=1e-4, lr_schedule="constant", **CASES[case][1]))
+def _cfg(case: str) -> TrainConfig:
+    return TrainConfig(lr=1e-4, lr_schedule="constant", **CASES[case][1])
 
 
 def _samples(case: str) -> list[Sample]:

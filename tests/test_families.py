@@ -6,7 +6,6 @@ layout DeepSeek-V3 and Pangu use) are built by the same bootstrap code with a sh
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import pytest
 
@@ -31,17 +30,17 @@ def _max_gap(a, b):
 
 
 def test_family_parity_sync_and_replay(family_checkpoint, ray_session):
-    from rl.config import TrainConfig
+    from rl.config import RolloutConfig, TrainConfig
     from rl.rollout import RolloutWorker
     from rl.trainer import TrainerWorker
 
     ray = ray_session
     rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(
-        family_checkpoint, record_routing=True, max_model_len=96
+        family_checkpoint, RolloutConfig(record_routing=True), max_model_len=96
     )
     try:
         samples = ray.get(rollout.generate.remote(ROWS, n=4, max_new_tokens=8))
-        trainer = TrainerWorker(family_checkpoint, asdict(TrainConfig(lr=1e-2)), max_new_tokens=8)
+        trainer = TrainerWorker(family_checkpoint, TrainConfig(lr=1e-2), max_new_tokens=8)
         report = trainer.routing_report(samples)
         print(family_checkpoint, report)
         assert report["logprob_abs_diff_max"] < 1e-4

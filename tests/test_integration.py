@@ -85,10 +85,13 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
     from rl.actors import build_actors
     from rl.metrics import MetricsLog
     from rl.policy import load_policy
-    from run_rl import load_prompts, rl_loop
+    from data_mining.miner import Miner
+    from data_mining.prompts import load_prompts
+    from rewards.pool import RewardWorker
+    from run_rl import rl_loop
 
     cfg = _config(tiny_checkpoint, tmp_path)
-    actors = build_actors(cfg, tiny_checkpoint)
+    actors = build_actors(cfg, tiny_checkpoint, RewardWorker)
     rollout, trainer = actors.rollouts[0], actors.trainer
     probes = _probe_ids(tiny_checkpoint)
     initial = load_policy(tiny_checkpoint).state_dict()
@@ -97,7 +100,7 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
 
     train_rows, _ = load_prompts(cfg)
     log = MetricsLog(tmp_path, cfg.run.steps)
-    rl_loop(cfg, actors, EpochSampler(train_rows, seed=0), log, tmp_path)
+    rl_loop(cfg, actors, Miner.from_config(cfg, train_rows, sampler=EpochSampler(train_rows, seed=0)), log, tmp_path)
     log.close()
     _check_metrics(tmp_path)
 

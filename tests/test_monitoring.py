@@ -305,7 +305,10 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
 
     from data_mining.sampler import EpochSampler
     from rl.actors import build_actors
-    from run_rl import load_prompts, rl_loop
+    from data_mining.miner import Miner
+    from data_mining.prompts import load_prompts
+    from rewards.pool import RewardWorker
+    from run_rl import rl_loop
 
     run_dir = tmp_path / f"mon-{secrets.token_hex(3)}"  # the `run` tag tells this run's series apart
     cfg = load_config(
@@ -317,10 +320,10 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
             "data.max_digits=1", "rollout.max_new_tokens=6", "train.kl_coef=0.01",
         ],
     )
-    actors = build_actors(cfg, tiny_checkpoint)
+    actors = build_actors(cfg, tiny_checkpoint, RewardWorker)
     train_rows, _ = load_prompts(cfg)
     log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})
-    rl_loop(cfg, actors, EpochSampler(train_rows, seed=0), log, run_dir)
+    rl_loop(cfg, actors, Miner.from_config(cfg, train_rows, sampler=EpochSampler(train_rows, seed=0)), log, run_dir)
     log.close()
     for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
         ray.kill(actor)

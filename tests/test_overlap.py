@@ -1,70 +1,9 @@
-"""Scoring while generating: the same samples and rewards as generating then scoring; code-reward
-calls that time out drop their queued sandbox jobs and are not charged for other calls' jobs."""
+"""Scoring while generating: the same samples and rewards as generating then scoring."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
-
-from rewards import code
-from rewards.pool import RewardPool
-from rewards.sandbox import SandboxPool
-from rl.types import Sample
-
-
-# ---- the code reward's calls sharing one sandbox pool ----------------------------------------------
-
-
-def _code(program: str) -> Sample:
-    return Sample(prompt_id="p", domain="code", prompt="Write f.", prompt_ids=[], completion=program,
-                  reference={"tests": ["assert f(2) == 5"]})
-
-
-@pytest.fixture
-def one_worker(monkeypatch):
-    """A sandbox pool with a single worker, so jobs of different calls queue behind each other."""
-    pool = SandboxPool(workers=1)
-    monkeypatch.setattr(code, "default_pool", lambda: pool)
-    code.configure_cache(0, dedup=False)
-    yield pool
-    code.configure_cache()
-    pool.shutdown()
-
-
-def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker):
-    slow = _code(f"import time\ntime.sleep(2.5)\ndef f(x): return x + 3  # {time.time()}")
-    quick = _code(f"def f(x): return x + 3  # {time.time()}")
-    first: dict = {}
-    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=1.5) as strict:
-        thread = threading.Thread(target=lambda: first.update(result=patient.score([slow])))
-        thread.start()
-        time.sleep(0.3)  # the slow job is in the sandbox pool first
-        t0 = time.monotonic()
-        (scored,), stats = strict.score([quick])
-        waited = time.monotonic() - t0
-        thread.join()
-    assert waited > 1.5  # longer than the timeout in wall time, nearly all of it queued
-    assert stats["reward/errors/code"] == 0 and scored.passed and scored.reward == 1.0
-    assert first["result"][0][0].passed
-
-
-def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker):
-    stamp = time.time()
-    slow = [_code(f"import time\ntime.sleep(4)\ndef f(x): return x + 3  # {stamp} {i}") for i in range(3)]
-    with RewardPool(timeout_s=1.0) as pool:
-        t0 = time.monotonic()
-        scored, stats = pool.score(slow)
-        assert time.monotonic() - t0 < 3.0
-        assert stats["reward/errors/code"] == 3 and not any(s.passed for s in scored)
-        assert pool.abandoned_threads == 1
-    # The worker is free once the first job (already running) ends, about 3 s from now; had the
-    # other two stayed queued, a new job would wait about 3 + 2 x 4 s.
-    t1 = time.monotonic()
-    assert one_worker.submit("pass").result(timeout=30).ok
-    assert time.monotonic() - t1 < 6.0
 
 
 # ---- generation and scoring through real actors ------------------------------------------------------
@@ -78,11 +17,12 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     from rewards.pool import RewardWorker
     from rl.actors import Actors, generate_and_score
     from rl.metrics import PhaseTimer
+    from rl.config import RolloutConfig
     from rl.rollout import RolloutWorker
 
     rollouts = [
-        ray.remote(RolloutWorker).options(num_cpus=1).remote(tiny_checkpoint, seed=i, max_model_len=160,
-                                                             record_routing=True)
+        ray.remote(RolloutWorker).options(num_cpus=1).remote(tiny_checkpoint, RolloutConfig(record_routing=True),
+                                                             seed=i, max_model_len=160)
         for i in range(2)
     ]
     rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote({"threads": 2}) for _ in range(2)]

@@ -4,7 +4,7 @@ import torch
 
 from rl.bootstrap import BootstrapSpec, build_model
 from rl.policy import CompletionBatch, completion_logprobs
-from rl.trainer import assign_advantages, group_indices
+from rl.objective import assign_advantages, group_indices
 from rl.types import Sample
 
 
@@ -47,7 +47,7 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     import math
 
     from rl.config import TrainConfig
-    from rl.trainer import lr_factor
+    from rl.objective import lr_factor
 
     cfg = TrainConfig(lr_schedule="cosine", min_lr_ratio=0.1, warmup_steps=2)
     factors = [lr_factor(i, cfg, total=12) for i in range(12)]

@@ -7,13 +7,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 import run_rl
+from data_mining.prompts import load_prompts
 from rl.config import TrainConfig
 from rl.trainer import TrainerWorker
 from rl.types import Sample
@@ -22,7 +22,7 @@ from rl.types import Sample
 
 
 # Two optimiser steps per batch (the shuffle uses the python RNG) on a cosine schedule over 4 steps.
-CFG = asdict(TrainConfig(lr=1e-2, updates_per_step=2, micro_batch_samples=2, lr_schedule="cosine", warmup_steps=1))
+CFG = TrainConfig(lr=1e-2, updates_per_step=2, micro_batch_samples=2, lr_schedule="cosine", warmup_steps=1)
 
 
 def _trainer(path: str, seed: int = 0) -> TrainerWorker:
@@ -38,7 +38,7 @@ def _samples(trainer: TrainerWorker) -> list[Sample]:
         Sample("c", "math", "", [20, 21], completion_ids=[22, 0], reward=1.0),
         Sample("c", "math", "", [20, 21], completion_ids=[23, 24, 0], reward=0.0),
     ]
-    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples)):
+    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples, list(range(len(samples)))).values()):
         s.rollout_logprobs = lp.tolist()
     return samples
 
@@ -153,7 +153,7 @@ def _run(cfg, model_path: str, run_dir: Path, stop_after: int | None = None) -> 
 
     from rl.metrics import MetricsLog
 
-    train_rows, _ = run_rl.load_prompts(cfg)
+    train_rows, _ = load_prompts(cfg)
     actors, miner, start = run_rl.setup_run(cfg, model_path, train_rows)
     log = MetricsLog(run_dir, cfg.run.steps)
     loop_cfg = cfg
@@ -189,7 +189,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_checkpoint, ray_
     first_half = hf_state_dict(load_policy(ckpt))  # named as the trainer holds them (experts fused)
 
     cfg = config(parts, f"run.resume={ckpt}")
-    train_rows, _ = run_rl.load_prompts(cfg)
+    train_rows, _ = load_prompts(cfg)
     actors, miner, start = run_rl.setup_run(cfg, tiny_checkpoint, train_rows)
     assert start == 2 and "resumed from" in capsys.readouterr().out
     # The resumed trainer holds the checkpoint's weights and state, the engine its version.

@@ -87,15 +87,14 @@ def test_agreement_counts_matching_sets_on_valid_known_tokens():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_replay_runs_the_rollouts_experts_end_to_end(tiny_checkpoint, ray_session, dtype):
     """vLLM records the experts of every token; with replay the trainer runs exactly those."""
-    from dataclasses import asdict
 
-    from rl.config import TrainConfig
+    from rl.config import RolloutConfig, TrainConfig
     from rl.rollout import RolloutWorker
     from rl.trainer import TrainerWorker
 
     ray = ray_session
     rollout = ray.remote(RolloutWorker).options(num_cpus=1).remote(
-        tiny_checkpoint, dtype=dtype, record_routing=True, max_model_len=96
+        tiny_checkpoint, RolloutConfig(record_routing=True), dtype=dtype, max_model_len=96
     )
     rows = [{"id": f"p{i}", "domain": "math", "prompt": f"{i % 10}+{(3 * i) % 10}=", "reference": {}} for i in range(16)]
     samples = ray.get(rollout.generate.remote(rows, n=4, max_new_tokens=8))
@@ -107,7 +106,7 @@ def test_replay_runs_the_rollouts_experts_end_to_end(tiny_checkpoint, ray_sessio
 
     reports = {}
     for replay in (False, True):
-        trainer = TrainerWorker(tiny_checkpoint, asdict(TrainConfig(routing_replay=replay)), dtype=dtype)
+        trainer = TrainerWorker(tiny_checkpoint, TrainConfig(routing_replay=replay), dtype=dtype)
         reports[replay] = trainer.routing_report(samples)
     on, off = reports[True], reports[False]
     print(dtype, "replay off:", off, "replay on:", on)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -21,13 +20,13 @@ def _samples(trainer: TrainerWorker, shift: float = 0.0) -> list[Sample]:
         Sample("b", "code", "", [11, 12], completion_ids=[13, 14, 15, 0], reward=0.0),
         Sample("b", "code", "", [11, 12], completion_ids=[16, 0], reward=1.0),
     ]
-    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples)):
+    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples, list(range(len(samples)))).values()):
         s.rollout_logprobs = (lp - shift).tolist()
     return samples
 
 
 def _trainer(path: str, **cfg) -> TrainerWorker:
-    return TrainerWorker(path, asdict(TrainConfig(lr=1e-2, **cfg)), seed=0, max_new_tokens=8)
+    return TrainerWorker(path, TrainConfig(lr=1e-2, **cfg), seed=0, max_new_tokens=8)
 
 
 def test_step_logs_expert_load_per_domain_and_staleness(tiny_dir):
@@ -100,7 +99,7 @@ def test_load_violation_closed_form():
 
 
 def test_per_domain_advantage_normalisation_puts_domains_on_one_scale():
-    from rl.trainer import assign_advantages
+    from rl.objective import assign_advantages
 
     samples = [Sample(pid, dom, "", [1], reward=r) for pid, dom, r in
                [("a", "math", 1.0), ("a", "math", 0.0), ("b", "code", 0.1), ("b", "code", 0.0)]]
