@@ -6,7 +6,10 @@ needs a derived value computes it where it is used instead of writing it back in
 
 Every field carries its default and a help line in its metadata, so `format_help()` is the
 reference for all knobs. A field may also set `"min"` (inclusive) in its metadata; checks that
-involve more than one field live in the section's `validate()`.
+involve more than one field live in the section's `validate()`. Names looked up in another
+package's registry are checked there, right after loading: `data_mining.tasks.check_task_names`
+(data.tasks) and `rewards.registry.check_routes` (reward.routes); this module imports nothing of
+the project outside `rl`.
 """
 
 from __future__ import annotations
@@ -131,12 +134,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
-        from data_mining.tasks import TASKS
-
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"config key 'data.tasks' must name distinct families from {list(TASKS)}, "
-                              f"got {list(self.tasks)}")
+        # The family names are checked against their registry by data_mining.tasks.check_task_names.
         if len(self.task_weights) != len(self.tasks) or any(w <= 0 for w in self.task_weights):
             raise ConfigError(f"config key 'data.task_weights' needs one weight > 0 per data.tasks entry "
                               f"({len(self.tasks)}), got {list(self.task_weights)}")
@@ -240,15 +238,9 @@ class RewardConfig:
     )
 
     def validate(self) -> None:
-        from rewards.registry import parse_route
-
+        # The route syntax is checked by rewards.registry.check_routes, next to the parser.
         if self.timeout_s <= 0:
             raise ConfigError(f"config key 'reward.timeout_s' must be > 0, got {self.timeout_s}")
-        for i, text in enumerate(self.routes):
-            try:
-                parse_route(text)
-            except ValueError as exc:
-                raise ConfigError(f"config key 'reward.routes[{i}]': {exc}") from None
 
 
 @dataclass(frozen=True)
