@@ -14,13 +14,13 @@ from pathlib import Path
 
 import ray
 
+from data_mining.bootstrap import BootstrapSpec, bootstrap
 from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from data_mining.tasks import make_task_split
 from rl.actors import (ENGINE_RNG, Actors, add_stats, build_actors, evaluate, generate_and_score, resume_actors,
                        save_actors, start_ray, sync_weights)
-from rl.bootstrap import BootstrapSpec, bootstrap
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, sample_metrics
 from rl.report import write_report

@@ -17,7 +17,7 @@ No model hub is reachable, so the project makes its own "pretrained" MoE to post
 The result is an ordinary Hugging Face checkpoint directory. It is cached: a directory whose
 `bootstrap.json` matches the requested spec is reused as is.
 
-    python -m rl.bootstrap --out checkpoints/tiny-moe
+    python -m data_mining.bootstrap --out checkpoints/tiny-moe
 """
 
 from __future__ import annotations
