@@ -12,15 +12,20 @@ from pathlib import Path
 
 import ray
 
-from data_mining.bootstrap import ensure_checkpoint
+from data_mining.bootstrap import embedded_builder
 from data_mining.miner import Miner
 from data_mining.prompts import load_prompts
+from data_mining.tasks import check_task_names
 from rewards.pool import RewardWorker, prepare_reward_config
+from rewards.registry import check_routes
 from rl import checkpoint
 from rl.actors import (Actors, add_stats, build_actors, evaluate, frozen_gc, generate_and_score, start_ray,
                        sync_weights)
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step_metrics
+from rl.objective import check_names
+
+CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
 
 
 def setup_run(cfg: Config, model_path: str, train_rows: list[dict]) -> tuple[Actors, Miner, int]:
@@ -67,12 +72,12 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_cli(argv, description=__doc__)
+    cfg, args = parse_cli(argv, description=__doc__, checks=CHECKS)
     start_step = checkpoint.resume_step(cfg)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    model_path = ensure_checkpoint(cfg, dry_run=args.dry_run)
+    model_path = checkpoint.model_dir(cfg, args.dry_run, build=embedded_builder(cfg.data))
     train_rows, heldout_rows = load_prompts(cfg)
     if args.dry_run:
         print(describe_plan(cfg, model_path, len(train_rows), len(heldout_rows), start_step), flush=True)

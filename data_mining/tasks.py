@@ -17,6 +17,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
+from rl.config import ConfigError, DataConfig
+
 OPERATORS = ("+", "-")
 
 
@@ -308,6 +310,14 @@ def iter_instruction_tasks(
 
 # --- the families together ---------------------------------------------------------------------
 TASKS = ("arithmetic", "code", "instruction")
+
+
+def check_task_names(data: DataConfig) -> None:
+    """ConfigError unless `data.tasks` names distinct families of TASKS (at least one)."""
+    unknown = [t for t in data.tasks if t not in TASKS]
+    if unknown or not data.tasks or len(set(data.tasks)) != len(data.tasks):
+        raise ConfigError(f"config key 'data.tasks' must name distinct families from {list(TASKS)}, "
+                          f"got {list(data.tasks)}")
 
 
 def iter_task(task: str, seed: int, min_digits: int = 1, max_digits: int = 3, distinct: bool = True) -> Iterator[TaskRow]:

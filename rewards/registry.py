@@ -22,6 +22,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from rl.config import ConfigError, RewardConfig
 from rl.types import Sample
 
 
@@ -109,6 +110,15 @@ def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
         except ValueError:
             raise ValueError(f"route {text!r}: weight {weight!r} is not a number") from None
     return domain, routes
+
+
+def check_routes(reward: RewardConfig) -> None:
+    """ConfigError naming the first entry of `reward.routes` that `parse_route` rejects."""
+    for i, text in enumerate(reward.routes):
+        try:
+            parse_route(text)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'reward.routes[{i}]': {exc}") from None
 
 
 def resolve_routes(routes: Iterable[str] | Mapping[str, list[tuple[str, float]]] = ()) -> Routes:

@@ -15,14 +15,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import ray
 import torch
 
 from rl.config import Config
-from rl.trainer import TRAINER_STATE
 
+TRAINER_STATE = "trainer_state.pt"
 RESUME = "resume.json"
 ENGINE_RNG = "rollout_rng.pt"  # each rollout engine's sampler state (`RolloutWorker.rng_state`)
 LEDGER = "ledger.parquet"
@@ -34,6 +34,41 @@ class Saveable(Protocol):
     def save(self, path: str | Path) -> Any: ...
 
     def load(self, path: str | Path) -> None: ...
+
+
+def save_trainer_state(path: str | Path, optimizer: Any, scheduler: Any, version: int, rng: Any) -> None:
+    """`trainer_state.pt` into `path`: what a resumed trainer needs beside the weights to continue exactly."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "version": version,
+             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+    torch.save(state, Path(path) / TRAINER_STATE)
+
+
+def load_trainer_state(path: str | Path, optimizer: Any, scheduler: Any, rng: Any) -> int:
+    """Restore optimiser moments, LR-schedule position and RNG streams from `path`'s `trainer_state.pt`;
+    returns the policy version it was saved at."""
+    state = torch.load(Path(path) / TRAINER_STATE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["version"]
+
+
+def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
+    """The checkpoint the run starts from: model.path when it is one (checked in a dry run), else the
+    one `build` makes there (model.bootstrap); a dry run only says it is to be built."""
+    path = Path(cfg.model.path)
+    if (path / "config.json").exists():
+        if dry_run:
+            check_model_dir(path)
+        return str(path)
+    if path.exists():  # bootstrapping would replace whatever is there
+        sys.exit(f"error: model.path {str(path)!r} exists but is not a Hugging Face checkpoint directory "
+                 "(no config.json)")
+    if not cfg.model.bootstrap:
+        sys.exit(f"error: model.path {str(path)!r} does not exist and model.bootstrap is false")
+    return f"{path} (to be bootstrapped)" if dry_run else str(build(path))
 
 
 def check_model_dir(path: Path) -> None:

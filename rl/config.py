@@ -6,7 +6,10 @@ needs a derived value computes it where it is used instead of writing it back in
 
 Every field carries its default and a help line in its metadata, so `format_help()` is the
 reference for all knobs. A field may also set `"min"` (inclusive) in its metadata; checks that
-involve more than one field live in the section's `validate()`.
+involve more than one field live in the section's `validate()`. Names looked up in another
+package's registry are checked there, right after loading: `data_mining.tasks.check_task_names`
+(data.tasks) and `rewards.registry.check_routes` (reward.routes); this module imports nothing of
+the project outside `rl`.
 """
 
 from __future__ import annotations
@@ -131,12 +134,7 @@ class DataConfig:
     )
 
     def validate(self) -> None:
-        from data_mining.tasks import TASKS
-
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"config key 'data.tasks' must name distinct families from {list(TASKS)}, "
-                              f"got {list(self.tasks)}")
+        # The family names are checked against their registry by data_mining.tasks.check_task_names.
         if len(self.task_weights) != len(self.tasks) or any(w <= 0 for w in self.task_weights):
             raise ConfigError(f"config key 'data.task_weights' needs one weight > 0 per data.tasks entry "
                               f"({len(self.tasks)}), got {list(self.task_weights)}")
@@ -240,15 +238,9 @@ class RewardConfig:
     )
 
     def validate(self) -> None:
-        from rewards.registry import parse_route
-
+        # The route syntax is checked by rewards.registry.check_routes, next to the parser.
         if self.timeout_s <= 0:
             raise ConfigError(f"config key 'reward.timeout_s' must be > 0, got {self.timeout_s}")
-        for i, text in enumerate(self.routes):
-            try:
-                parse_route(text)
-            except ValueError as exc:
-                raise ConfigError(f"config key 'reward.routes[{i}]': {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -481,24 +473,24 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _NONE = type(None)
 
 
-NameCheck = Callable[[Config], None]
+NameChecks = Mapping[str, Callable[[Any], None]]  # section name -> check of that section
 
 
 def load_config(
-    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), checks: Sequence[NameCheck] = ()
+    path: str | os.PathLike[str] | None, overrides: Sequence[str] = (), checks: NameChecks | None = None
 ) -> Config:
     """Read `path` (None: all defaults), apply `KEY=VALUE` overrides in order, check, and freeze.
 
-    `checks` are the registries' own checks of the names the config refers to (algorithms, task
-    families, reward routes; e.g. `rl.algos.check_names`), each raising ConfigError naming the key:
-    the registries live with their packages, so the config tree itself imports none of them.
+    `checks` are the registries' own checks of the names a section refers to (algorithms, task
+    families, reward routes: e.g. {"train": rl.objective.check_names}), each raising ConfigError
+    naming the key: the registries live with their packages, so the config tree imports none of them.
     """
     raw = _read_yaml(path) if path is not None else {}
     for text in overrides:
         _apply_override(raw, text)
     cfg = _build(Config, raw, "")
-    for check in checks:
-        check(cfg)
+    for section, check in (checks or {}).items():
+        check(getattr(cfg, section))
     return cfg
 
 
@@ -739,7 +731,7 @@ def _show(value: Any) -> str:
 
 
 def parse_cli(
-    argv: Sequence[str] | None = None, description: str = "", checks: Sequence[NameCheck] = ()
+    argv: Sequence[str] | None = None, description: str = "", checks: NameChecks | None = None
 ) -> tuple[Config, argparse.Namespace]:
     """Parse `[--config PATH] [--ray-address ADDR] [--dry-run] [KEY=VALUE ...]` into a Config,
     checked by `checks` too (see `load_config`).

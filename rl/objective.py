@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 
 from rl import algos
-from rl.config import Config, ConfigError, TrainConfig
+from rl.config import ConfigError, TrainConfig
 from rl.types import Sample
 
 
-def check_names(cfg: Config) -> None:
-    """Raise ConfigError unless `train.advantage` and `train.policy_loss` name registered algorithms."""
+def check_names(train: TrainConfig) -> None:
+    """ConfigError unless `train.advantage` and `train.policy_loss` name registered algorithms."""
     for key, names in (("advantage", algos.ADVANTAGES.names()), ("policy_loss", algos.POLICY_LOSSES.names())):
-        value = getattr(cfg.train, key)
+        value = getattr(train, key)
         if value not in names:
             raise ConfigError(f"config key 'train.{key}' must be one of {sorted(names)}, got {value!r}")
 
@@ -64,6 +64,17 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     span = max(1, total - 1 - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def process_share(samples: list[Sample], slice_idx: list[int], rank: int, world: int) -> list[int]:
+    """Process `rank`'s samples (of `world`) of an optimiser step's slice; all of them with one process.
+
+    Sorted by length, so micro-batches of similar lengths pad less (short arithmetic answers apart
+    from long code prompts), then dealt round-robin, so processes get similar token counts. The loss
+    sums are normalised by the slice totals, so neither choice changes the result.
+    """
+    by_length = sorted(slice_idx, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+    return by_length[rank::world]
 
 
 @dataclass(frozen=True)
@@ -218,20 +229,25 @@ class StepStats:
     def add_agreement(self, match: float, total: float) -> None:
         self.agreement = [self.agreement[0] + match, self.agreement[1] + total]
 
+    @torch.no_grad()
     def count_experts(
-        self, domain: str, used: dict[int, Tensor], logits: dict[int, Tensor], select: Tensor, num_experts: int,
-        num_layers: int,
+        self, row_domains: list[str], valid: Tensor, used: dict[int, Tensor], logits: dict[int, Tensor],
+        num_experts: int, num_layers: int,
     ) -> None:
-        """Add the expert assignments and router entropies of the tokens in `select` to `domain`'s.
+        """Add each domain's expert assignments and router entropies, over its rows' real tokens.
 
-        used: per layer the experts the forward ran [N, k]; logits: per layer the router logits
-        [N, E]; select: [N] bool.
+        row_domains: the domain of each of the B rows; valid: [B * S] real tokens; used: per layer
+        the experts the forward ran [B * S, k]; logits: per layer the router logits [B * S, E].
         """
-        acc = self.moe.setdefault(domain, [torch.zeros(num_layers, num_experts), 0.0, 0.0])
-        for layer, experts in used.items():
-            acc[0][layer] += torch.bincount(experts[select].flatten(), minlength=num_experts).float()
-            acc[1] += float(algos.entropy_from_logits(logits[layer][select]).sum())
-        acc[2] += float(select.sum()) * len(used)
+        seq_len = valid.numel() // len(row_domains)
+        token_domain = [d for d in row_domains for _ in range(seq_len)]
+        for domain in set(row_domains):
+            select = valid & torch.tensor([d == domain for d in token_domain])  # [B * S]
+            acc = self.moe.setdefault(domain, [torch.zeros(num_layers, num_experts), 0.0, 0.0])
+            for layer, experts in used.items():
+                acc[0][layer] += torch.bincount(experts[select].flatten(), minlength=num_experts).float()
+                acc[1] += float(algos.entropy_from_logits(logits[layer][select]).sum())
+            acc[2] += float(select.sum()) * len(used)
 
     @classmethod
     def merged(cls, parts: list["StepStats"]) -> "StepStats":

@@ -26,19 +26,17 @@ import os
 import random
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from rl import objective
+from rl.checkpoint import load_trainer_state, save_trainer_state
 from rl.config import TrainConfig
 from rl.objective import MicroBatch, Normalisers, StepStats, pad_rows
 from rl.policy import CompletionBatch, completion_logprobs, hf_state_dict, load_policy
 from rl.routing import RoutingReplay, routing_tensor
 from rl.types import Sample
-
-TRAINER_STATE = "trainer_state.pt"  # beside the weights in every checkpoint the trainer saves
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -176,7 +174,8 @@ class TrainerWorker:
         order = list(range(len(samples)))
         self.rng.shuffle(order)  # the same seed, so the same order, in every process
         slices = _chunks(order, math.ceil(len(order) / cfg.updates_per_step))
-        shares = [self._share(samples, slice_idx) for slice_idx in slices]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        shares = [objective.process_share(samples, slice_idx, rank, world) for slice_idx in slices]
         mine = sorted(i for share in shares for i in share)  # this process's samples, in batch order
         # With one optimiser step per batch the training forward runs on the pre-update weights, so
         # its detached log-probs are the "old" ones; more steps need them computed up front.
@@ -199,16 +198,6 @@ class TrainerWorker:
             "time/train_compute": time.perf_counter() - t0,
             "policy_version": float(self.version),
         }
-
-    def _share(self, samples: list[Sample], slice_idx: list[int]) -> list[int]:
-        """This process's samples of an optimiser step's slice (all of them with one process).
-
-        Sorted by length, so micro-batches of similar lengths pad less (short arithmetic answers
-        apart from long code prompts), then dealt round-robin, so processes get similar token counts.
-        The loss sums are normalised by the slice totals, so neither choice changes the result.
-        """
-        by_length = sorted(slice_idx, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
-        return by_length[self.accelerator.process_index :: self.accelerator.num_processes]
 
     def _update(self, samples: list[Sample], old: dict | None, ref: dict | None, slice_idx: list[int],
                 share: list[int], stats: StepStats) -> None:
@@ -255,8 +244,9 @@ class TrainerWorker:
         rollout_lp = objective.rollout_logprobs(chosen, t)  # [b, T]
         stats.add_gaps(chosen, objective.token_gaps(old_lp, rollout_lp, [len(s.completion_ids) for s in chosen]))
         valid = batch.attention_mask.flatten().bool()  # [B * S]
-        if scale > 0 and self.replay and self.replay.logits:
-            self._count_experts(chosen, batch, valid, stats)
+        if scale > 0 and self.replay and self.replay.logits:  # expert load and router entropy per domain
+            stats.count_experts([s.domain for s in chosen], valid, self.replay.used, self.replay.logits,
+                                self.replay.num_experts, self.replay.num_layers)
         mb = MicroBatch(
             logprobs=logprobs, old_logprobs=old_lp, rollout_logprobs=rollout_lp, entropy=entropy,
             advantages=torch.tensor([s.advantage for s in chosen])[:, None].expand(-1, t),  # [b, T]
@@ -269,49 +259,22 @@ class TrainerWorker:
         stats.add(metrics)
         return loss.item() * scale
 
-    @torch.no_grad()
-    def _count_experts(self, chosen: list[Sample], batch: CompletionBatch, valid: torch.Tensor,
-                       stats: StepStats) -> None:
-        """After a training forward: the experts each domain's real tokens ran, and their router entropy."""
-        seq_len = batch.input_ids.shape[1]
-        token_domain = [s.domain for s in chosen for _ in range(seq_len)]
-        for domain in {s.domain for s in chosen}:
-            select = valid & torch.tensor([d == domain for d in token_domain])  # [B * S]
-            stats.count_experts(domain, self.replay.used, self.replay.logits, select, self.replay.num_experts,
-                                self.replay.num_layers)
-
     # ---- weights ---------------------------------------------------------------------------------
 
     def weights(self) -> dict[str, torch.Tensor]:
         return hf_state_dict(self.accelerator.unwrap_model(self.model))
 
     def save(self, path: str) -> str:
-        """Save a normal Hugging Face checkpoint (weights + config) and, beside it, `trainer_state.pt`:
-        what else a resumed run needs to continue exactly (`load_state`). The tokenizer is copied by
-        the driver; transformers and vLLM load the directory as any other checkpoint."""
-        model = self.accelerator.unwrap_model(self.model)
-        Path(path).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path, safe_serialization=True)
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "version": self.version,
-            "python_rng": self.rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state, Path(path) / TRAINER_STATE)
+        """Save a normal Hugging Face checkpoint (weights + config) and, beside it, the trainer state a
+        resumed run continues from (`rl.checkpoint.save_trainer_state`)."""
+        self.accelerator.unwrap_model(self.model).save_pretrained(path, safe_serialization=True)
+        save_trainer_state(path, self.optimizer, self.scheduler, self.version, self.rng)
         return path
 
     def load_state(self, path: str) -> int:
-        """Restore optimiser moments, LR-schedule position, policy version and RNG streams from the
-        `trainer_state.pt` of checkpoint `path`; the weights must already be that checkpoint's (this
-        worker built from `path`). Returns the restored policy version."""
-        state = torch.load(Path(path) / TRAINER_STATE, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.version = state["version"]
-        self.rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        """Restore the trainer state saved beside checkpoint `path`'s weights (this worker was built
+        from `path`); returns the restored policy version."""
+        self.version = load_trainer_state(path, self.optimizer, self.scheduler, self.rng)
         return self.version
 
     def state(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ TINY_SPEC = dict(seed=0, sft_steps=150, sft_examples=4000, max_digits=1, answer_
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
-    from rl.bootstrap import BootstrapSpec, bootstrap
+    from data_mining.bootstrap import BootstrapSpec, bootstrap
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny-moe"
     return str(bootstrap(out, BootstrapSpec(**TINY_SPEC), threads=2))
@@ -36,7 +36,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
     """A randomly initialised 2-layer, 4-expert Qwen3-MoE saved as a checkpoint (no tokenizer, no training)."""
-    from rl.bootstrap import BootstrapSpec, build_model
+    from data_mining.bootstrap import BootstrapSpec, build_model
 
     spec = BootstrapSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, num_experts=4)
     path = tmp_path_factory.mktemp("moe") / "m"

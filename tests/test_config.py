@@ -18,6 +18,8 @@ from rl.config import (
     parse_cli,
     save_config,
 )
+from data_mining.tasks import check_task_names
+from rewards.registry import check_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ROOT / "configs" / "tiny_cpu.yaml"
@@ -168,8 +170,6 @@ def test_list_and_tuple_fields_check_their_elements():
         ("rollout.samples_per_prompt=1", "config key 'rollout.samples_per_prompt' must be >= 2, got 1"),
         ("eval.max_new_tokens=0", "config key 'eval.max_new_tokens' must be >= 1, got 0"),
         ("data.min_digits=4", "config key 'data.max_digits' must be >= data.min_digits (4), got 2"),
-        ("data.tasks=[arithmetic,poetry]", "config key 'data.tasks' must name distinct families from "
-                                           "['arithmetic', 'code', 'instruction'], got ['arithmetic', 'poetry']"),
         ("train.dual_clip=0.5", "config key 'train.dual_clip' must be 0 (off) or > 1, got 0.5"),
         ("data.tasks=[code]", "config key 'data.task_weights' needs one weight > 0 per data.tasks entry (1), "
                               "got [2.0, 1.0, 1.0]"),
@@ -183,6 +183,25 @@ def test_list_and_tuple_fields_check_their_elements():
 def test_bad_override_names_the_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("tasks", "weights"),
+    [("[arithmetic,poetry]", "[1,1]"), ("[code,code]", "[1,1]"), ("[]", "[]")],
+)
+def test_task_names_are_checked_against_the_task_registry(tasks, weights):
+    data = load_config(None, [f"data.tasks={tasks}", f"data.task_weights={weights}"]).data
+    names = yaml.safe_load(tasks)
+    with pytest.raises(ConfigError, match=re.escape(
+        f"config key 'data.tasks' must name distinct families from ['arithmetic', 'code', 'instruction'], got {names}"
+    )):
+        check_task_names(data)
+
+
+def test_default_task_names_and_routes_pass_their_registries():
+    cfg = load_config(TINY_CPU)
+    check_task_names(cfg.data)
+    check_routes(cfg.reward)
 
 
 def test_config_error_is_a_value_error():
@@ -337,8 +356,9 @@ def test_reward_lists_and_their_errors(tmp_path):
     assert cfg.reward.custom == ("my_pkg.mod:fn", "rewards/x.py:g")
     assert cfg.reward.routes == ("math=math:1.0,format:0.1",)
     assert (cfg.reward.timeout_s, cfg.train.advantage_norm_per_domain) == (2.5, True)
+    check_routes(cfg.reward)
     with pytest.raises(ConfigError, match=re.escape("config key 'reward.routes[1]': route 'math=math:x'")):
-        load_config(None, ['reward.routes=["code=code", "math=math:x"]'])
+        check_routes(load_config(None, ['reward.routes=["code=code", "math=math:x"]']).reward)
     with pytest.raises(ConfigError, match=re.escape("config key 'reward.timeout_s' must be > 0, got 0.0")):
         load_config(None, ["reward.timeout_s=0"])
     with pytest.raises(ConfigError, match=re.escape("config key 'reward.custom[0]' expects str, got int 3")):

@@ -108,7 +108,7 @@ def test_empty_or_all_bad_dataset_stops_naming_the_file(tmp_path):
 
 
 def test_chat_template_and_token_limit_use_the_tokenizer():
-    from rl.bootstrap import train_tokenizer
+    from data_mining.bootstrap import train_tokenizer
 
     tokenizer = train_tokenizer(["user says hello there", "assistant 1+1=2"] * 20, vocab_size=64)
     messages = [{"role": "user", "content": "hello"}]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rl.bootstrap import BootstrapSpec, build_model
+from data_mining.bootstrap import BootstrapSpec, build_model
 from rl.config import TrainConfig
 from rl.trainer import TrainerWorker
 from rl.types import Sample

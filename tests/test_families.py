@@ -18,7 +18,7 @@ ROWS = [{"id": f"p{i}", "domain": "math", "prompt": f"{i % 10}+{(7 * i) % 10}=",
 def family_checkpoint(request, tiny_checkpoint, tmp_path_factory):
     if request.param == "qwen3_moe":
         return tiny_checkpoint  # the session's shared checkpoint is this family
-    from rl.bootstrap import BootstrapSpec, bootstrap
+    from data_mining.bootstrap import BootstrapSpec, bootstrap
     from tests.conftest import TINY_SPEC
 
     spec = BootstrapSpec(**{**TINY_SPEC, "sft_steps": 60}, family=request.param)

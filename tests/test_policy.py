@@ -2,7 +2,7 @@
 
 import torch
 
-from rl.bootstrap import BootstrapSpec, build_model
+from data_mining.bootstrap import BootstrapSpec, build_model
 from rl.policy import CompletionBatch, completion_logprobs
 from rl.objective import assign_advantages, group_indices
 from rl.types import Sample

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.bootstrap import BootstrapSpec, build_model
+from data_mining.bootstrap import BootstrapSpec, build_model
 from rl.policy import CompletionBatch, completion_logprobs
 from rl.routing import RoutingReplay, routing_tensor
 from rl.types import Sample

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from data_mining.bootstrap import train_tokenizer
 from rewards.custom import RewardLoadError
 from rewards.pool import RewardPool, setup_rewards
 from rewards.reward_model import RewardModel, register_reward_model
-from rl.bootstrap import train_tokenizer
 from rl.types import Sample
 
 torch.set_num_threads(1)

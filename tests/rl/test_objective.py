@@ -119,7 +119,7 @@ def test_step_stats_merge_in_process_order_equals_one_process():
             target.add_agreement(3.0, 4.0)
             used = {0: torch.tensor([[i, 1]]), 1: torch.tensor([[2, 3]])}
             logits = {0: torch.zeros(1, 4), 1: torch.zeros(1, 4)}
-            target.count_experts(samples[i].domain, used, logits, torch.tensor([True]), 4, 2)
+            target.count_experts([samples[i].domain], torch.tensor([True]), used, logits, 4, 2)
     merged = StepStats.merged(parts).summary()
     assert merged == one.summary()
     assert merged["train/loss"] == 1.5 and merged["rollout/routing_agreement"] == 0.75
@@ -133,4 +133,4 @@ def test_unknown_algorithm_names_are_config_errors_naming_the_key(key):
 
     assert load_config(None, [f"train.{key}=nope"]).train  # the config tree alone knows no algorithm names
     with pytest.raises(ConfigError, match=rf"config key 'train.{key}' must be one of \[.*\], got 'nope'"):
-        load_config(None, [f"train.{key}=nope"], checks=[check_names])
+        load_config(None, [f"train.{key}=nope"], checks={"train": check_names})

@@ -2,7 +2,7 @@ import json
 import random
 from pathlib import Path
 
-from rl.bootstrap import (
+from data_mining.bootstrap import (
     BootstrapSpec,
     SPEC_FILE,
     code_near_miss,
@@ -37,7 +37,7 @@ def test_tokenizer_prompt_is_prefix_of_prompt_plus_answer():
 def test_bootstrap_checkpoint_is_cached_and_loads(tiny_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl.bootstrap import bootstrap, is_cached
+    from data_mining.bootstrap import bootstrap, is_cached
 
     info = json.loads((Path(tiny_checkpoint) / SPEC_FILE).read_text())
     spec = BootstrapSpec(**info["spec"])

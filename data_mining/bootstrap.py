@@ -17,7 +17,7 @@ No model hub is reachable, so the project makes its own "pretrained" MoE to post
 The result is an ordinary Hugging Face checkpoint directory. It is cached: a directory whose
 `bootstrap.json` matches the requested spec is reused as is.
 
-    python -m rl.bootstrap --out checkpoints/tiny-moe
+    python -m data_mining.bootstrap --out checkpoints/tiny-moe
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from rl.config import DataConfig
 
 EOS = "<|endoftext|>"
 SPEC_FILE = "bootstrap.json"
@@ -60,6 +63,15 @@ class BootstrapSpec:
     answer_noise: float = 0.3  # fraction of warm-start answers replaced by a near miss
     min_digits: int = 1
     max_digits: int = 2
+
+
+def embedded_builder(data: DataConfig) -> Callable[[Path], Path]:
+    """What builds the embedded tiny checkpoint for the run's task families (`data.tasks`, weights,
+    digits) at a path. The starting checkpoint is a fixed artifact (bootstrap seed 0), whatever the
+    RL seed."""
+    spec = BootstrapSpec(tasks=tuple(data.tasks), task_weights=tuple(data.task_weights),
+                         min_digits=data.min_digits, max_digits=data.max_digits)
+    return lambda path: bootstrap(path, spec)
 
 
 def _set_threads(n: int) -> None:
