@@ -21,6 +21,7 @@ from rewards.sandbox import (
     isolation_report,
     run_python,
 )
+from rewards.sandbox.forkserver import spawner
 
 LIMITS = Limits(wall_s=2.0, cpu_s=1.0, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
 MARGIN_S = 1.5  # process start-up and teardown on a busy 2-core machine
@@ -217,11 +218,11 @@ def test_isolation_report_names_the_active_mode():
     assert report["cgroup_detail"]
     assert run("print(1)").cgroup == ("" if report["cgroup"] == "off" else report["cgroup"])
     # Turned off: the per-process limits only, and programs still run.
-    probe = ("from rewards.sandbox import isolation_report, run_python\n"
+    probe = ("from rewards.sandbox import Settings, configure, isolation_report, run_python\n"
+             "configure(Settings(cgroup=False))\n"
              "r = run_python('print(2)')\nprint(isolation_report()['cgroup'], r.stdout.strip(), repr(r.cgroup))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2],
-                          env={**os.environ, "REWARD_SANDBOX_CGROUP": "0", "OMP_NUM_THREADS": "1"})
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.split() == ["off", "2", "''"], proc.stderr
 
 
@@ -265,26 +266,24 @@ def test_program_sees_only_its_own_descriptors():
 
 
 def test_fork_server_is_restarted_after_it_dies():
-    from rewards import sandbox
-
     assert run("print(1)").stdout == "1\n"
-    server = sandbox._spawner._proc
+    server = spawner._proc
     server.kill()
     server.wait()
     assert run("print(2)").stdout == "2\n"
-    assert sandbox._spawner._proc is not server and sandbox._spawner._proc.poll() is None
+    assert spawner._proc is not server and spawner._proc.poll() is None
 
 
 def test_fork_server_exits_with_its_host_and_a_forked_host_gets_its_own():
     # The host dies (SIGKILL, no clean-up): its fork server reads EOF and exits; a run it had in
     # flight dies with it (PDEATHSIG), leaving no sandbox process behind.
-    code = ("import os, sys, time\nfrom rewards import sandbox\n"
+    code = ("import os, sys, time\nfrom rewards import sandbox\nfrom rewards.sandbox.forkserver import spawner\n"
             "assert sandbox.run_python('print(1)').stdout == '1\\n'\n"
-            "print(sandbox._spawner._proc.pid, flush=True)\n"
+            "print(spawner._proc.pid, flush=True)\n"
             "child = os.fork()\n"
             "if child == 0:\n"  # a forked host must not talk to its parent's server
             "    r = sandbox.run_python('print(3)')\n"
-            "    print(r.stdout.strip(), sandbox._spawner._proc.pid, flush=True)\n"
+            "    print(r.stdout.strip(), spawner._proc.pid, flush=True)\n"
             "    os._exit(0)\n"
             "os.waitpid(child, 0)\n"
             "sandbox.run_python('import time\\ntime.sleep(100)', sandbox.Limits(wall_s=60))\n")
@@ -310,10 +309,8 @@ def test_a_run_whose_fork_server_dies_is_a_sandbox_error_not_a_verdict():
     # (a reward error), not a program that crashed.
     import threading
 
-    from rewards import sandbox
-
     assert run("print(1)").ok
-    server = sandbox._spawner._proc
+    server = spawner._proc
     outcome: dict = {}
 
     def long_run():
