@@ -29,7 +29,8 @@ concurrent calls), and a bounded LRU cache keeps deterministic verdicts (`CACHEA
 timeouts, output or resource kills, which depend on load). A program whose result is random keeps
 the verdict of its first run while cached. `REWARD_CODE_CACHE` (entries, 0 = off, default 100000)
 and `REWARD_CODE_DEDUP` (0 = off) set both at import; `configure_cache` at run time; `cache_stats`
-counts lookups, cache hits, shared runs and executions.
+counts lookups, cache hits, shared runs and executions (the reward pool reports them through the
+registry's `stats` hook).
 
 The harness that runs the tests in the sandbox is the module `rewards.sandbox.harness`; its source
 file is the program sent to every run.
@@ -50,6 +51,7 @@ from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
+from rewards.clock import pause_clock
 from rewards.registry import RewardResult, reward
 from rewards.sandbox import ExecResult, Limits, default_pool, harness, run_python
 from rl.types import Sample
@@ -290,8 +292,6 @@ def _await(runs: list[_Run]) -> None:
     pool. Waits in short slices, so that the pool's timeout (an exception raised asynchronously in
     this thread) lands within 50 ms and `code_reward` can release the runs still queued.
     """
-    from rewards.pool import pause_clock  # rewards.pool imports this module for its registration
-
     pending = runs
     try:
         while pending:
@@ -319,7 +319,14 @@ def cache_stats() -> dict[str, int]:
         return {**_verdicts.counts, "entries": len(_verdicts.cache)}
 
 
-@reward("code", batched=True, max_batch=MAX_BATCH)
+def _counters() -> dict[str, int]:
+    """The counters the reward pool reports as `reward/code/<name>` (see `cache_stats`)."""
+    counts = cache_stats()
+    return {"lookups": counts["lookups"], "cache_hits": counts["hits"], "shared": counts["shared"],
+            "executions": counts["executions"]}
+
+
+@reward("code", batched=True, max_batch=MAX_BATCH, stats=_counters)
 def code_reward(samples: list[Sample]) -> list[RewardResult]:
     """1.0 when the completion's program passes every test of its row, else 0.0; the batch runs
     concurrently on the sandbox pool (one worker per usable CPU), each distinct job once.

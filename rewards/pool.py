@@ -10,7 +10,8 @@ How `RewardPool.score` runs a batch:
 - every call has `timeout_s` from the moment it starts; a call that raises or times out scores its
   samples 0 (component `error`), counted in `reward/errors/<domain>`, the first message per domain
   printed. A call waiting for a worker pool shared with other calls stops its own clock meanwhile
-  (`pause_clock`; the code reward does so while its sandbox jobs are queued behind others).
+  (`rewards.clock.pause_clock`; the code reward does so while its sandbox jobs are queued behind
+  others).
 
 Python cannot kill a thread: a worker stuck past its deadline is retired and replaced, and is sent an
 asynchronous `RewardTimeout`, which stops pure-Python loops at their next bytecode; a call blocked
@@ -30,6 +31,7 @@ from collections import defaultdict
 from concurrent.futures import ALL_COMPLETED, Future, InvalidStateError, wait
 from typing import Any, Mapping
 
+from rewards.clock import set_running
 from rewards.custom import RewardLoadError, load_custom_rewards
 from rewards.registry import (
     RewardFn,
@@ -39,8 +41,10 @@ from rewards.registry import (
     combine,
     get_reward,
     is_async,
+    read_stats,
     resolve_routes,
     route_for,
+    stats_growth,
 )
 from rl.types import Sample
 
@@ -76,21 +80,6 @@ async def _awaited(value: Any) -> Any:
     return await value
 
 
-_running = threading.local()  # `.call`: the _Call a worker thread is running
-
-
-def pause_clock(paused: bool) -> None:
-    """From inside a reward call: stop (True) or restart (False) the call's timeout clock.
-
-    For time the call spends queued behind other calls' work in a worker pool they share (the code
-    sandbox): the timeout bounds a call's own work, so one call must not run out of time because
-    another call's jobs went first. Does nothing outside a pool's worker thread.
-    """
-    call = getattr(_running, "call", None)
-    if call is not None:
-        call.pause(paused)
-
-
 class _Call:
     """One call of one reward: a sample, or a list of samples for a batched reward."""
 
@@ -118,7 +107,7 @@ class _Call:
 
     def run(self) -> None:
         self.started = time.monotonic()
-        _running.call = self
+        set_running(self)
         try:
             value = self.fn(self.arg)
             if inspect.isawaitable(value):
@@ -127,7 +116,7 @@ class _Call:
         except BaseException as exc:  # noqa: BLE001 - even SystemExit from a reward costs only its samples
             _settle(self.future, exc=exc)
         finally:
-            _running.call = None
+            set_running(None)
             self.seconds = time.monotonic() - self.started
 
     async def run_async(self) -> None:
@@ -333,12 +322,13 @@ class RewardPool:
         """Fill reward fields in place; return the samples and per-domain stats:
         `reward/errors/<domain>` (every domain in the batch), `time/reward/<domain>` (seconds of
         reward calls spent on the domain; calls overlap, so domains can sum to more than the wall
-        time), `time/reward_compute` (wall seconds) and, when code ran, the code reward's job counts
+        time), `time/reward_compute` (wall seconds) and, for each reward with counters (`stats` in
+        `registry.reward`) that grew, their growth: `reward/<name>/<counter>`, e.g. the code reward's
         `reward/code/{lookups,cache_hits,shared,executions}` (counts, so they add across calls)."""
         t0 = time.perf_counter()
-        code_before = rewards.code.cache_stats()
+        counters_before = read_stats()
         outcomes, seconds = self.evaluate(samples)
-        code_after = rewards.code.cache_stats()
+        counters_after = read_stats()
         errors: dict[str, int] = {s.domain: 0 for s in samples}
         first_error: dict[str, str] = {}
         stats: dict[str, float] = defaultdict(float)
@@ -351,10 +341,7 @@ class RewardPool:
             else:
                 s.reward, s.reward_components, s.passed = outcome.score, outcome.components, bool(outcome.passed)
         stats.update({f"reward/errors/{d}": float(n) for d, n in errors.items()})
-        if code_after["lookups"] > code_before["lookups"]:
-            for key, name in (("lookups", "lookups"), ("hits", "cache_hits"), ("shared", "shared"),
-                              ("executions", "executions")):
-                stats[f"reward/code/{name}"] = float(max(0, code_after[key] - code_before[key]))
+        stats.update(stats_growth(counters_before, counters_after))
         stats["time/reward_compute"] = time.perf_counter() - t0
         for domain, msg in first_error.items():
             print(f"[reward] {errors[domain]} error(s) in domain {domain!r}; first: {msg}", flush=True)

@@ -255,3 +255,35 @@ def re_escape(text: str) -> str:
 def test_batched_marker_validates():
     with pytest.raises(ValueError, match="max_batch"):
         batched(lambda samples: [], max_batch=0)
+
+
+def test_a_reward_reports_its_own_counters_through_its_stats_hook():
+    counts = {"seen": 0, "kept": 5}
+
+    def counters():
+        return dict(counts)
+
+    @reward("t_counted", stats=counters)
+    def counted(sample):
+        counts["seen"] += 1
+        return RewardResult(1.0)
+
+    with RewardPool({"n": [("t_counted", 1.0)]}, timeout_s=5.0, threads=1) as pool:
+        _, stats = pool.score([_s("n", "a", 0), _s("n", "b", 1)])
+        assert (stats["reward/t_counted/seen"], stats["reward/t_counted/kept"]) == (2.0, 0.0)
+        _, stats = pool.score([_s("other", "c")])  # nothing grew: no counters reported
+        assert not any(key.startswith("reward/t_counted/") for key in stats)
+
+
+def test_the_code_reward_does_not_import_the_reward_pool():
+    # One way only: the pool imports the rewards it registers; a reward reaches the pool's clock
+    # through rewards.clock.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = "import sys, rewards.code\nprint(sorted(m for m in sys.modules if m.startswith('rewards')))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    loaded = eval(proc.stdout)
+    assert "rewards.code" in loaded and "rewards.pool" not in loaded, proc.stderr
