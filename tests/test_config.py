@@ -23,12 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ROOT / "configs" / "tiny_cpu.yaml"
 
 
+def _leaf_fields(cls, prefix=""):
+    """(dotted key, field) for every field that holds a value; nested sections are walked into."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.default_factory if f.default is dataclasses.MISSING else None):
+            yield from _leaf_fields(f.default_factory, f"{key}.")
+        else:
+            yield key, f
+
+
 def _all_keys(cls=Config):
-    return [
-        f"{section.name}.{f.name}"
-        for section in dataclasses.fields(cls)
-        for f in dataclasses.fields(section.default_factory)
-    ]
+    return [key for key, _ in _leaf_fields(cls)]
+
+
+def _flat(data, prefix=""):
+    return [k for name, value in data.items()
+            for k in (_flat(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"])]
 
 
 # --- defaults and the embedded YAML ----------------------------------------------------------------
@@ -50,10 +61,10 @@ def test_defaults_load():
 def test_every_field_has_a_type_default_and_help():
     for section in dataclasses.fields(Config):
         assert section.metadata["help"]
-        for f in dataclasses.fields(section.default_factory):
-            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
-            assert f.default is not dataclasses.MISSING, f"{section.name}.{f.name} has no default"
-            assert f.type, f"{section.name}.{f.name} has no annotation"
+    for key, f in _leaf_fields(Config):
+        assert f.metadata.get("help"), f"{key} has no help"
+        assert f.default is not dataclasses.MISSING, f"{key} has no default"
+        assert f.type, f"{key} has no annotation"
 
 
 def test_tiny_cpu_yaml_loads_to_the_defaults():
@@ -248,7 +259,7 @@ def test_config_to_dict_is_plain_and_complete():
     data = config_to_dict(Config())
     assert type(data) is dict and type(data["train"]) is dict
     assert data["train"]["lr"] == 2e-4 and data["run"]["ray_address"] is None
-    assert sorted(f"{s}.{k}" for s, keys in data.items() for k in keys) == sorted(_all_keys())
+    assert sorted(_flat(data)) == sorted(_all_keys())
     assert yaml.safe_load(yaml.safe_dump(data)) == data
 
 
