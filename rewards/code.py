@@ -27,10 +27,10 @@ program meets the same tests again in later steps. Jobs are keyed by sha256(prog
 entry point, limits); a job identical to one still running waits for that run (dedup, also across
 concurrent calls), and a bounded LRU cache keeps deterministic verdicts (`CACHEABLE`; never
 timeouts, output or resource kills, which depend on load). A program whose result is random keeps
-the verdict of its first run while cached. `REWARD_CODE_CACHE` (entries, 0 = off, default 100000)
-and `REWARD_CODE_DEDUP` (0 = off) set both at import; `configure_cache` at run time; `cache_stats`
-counts lookups, cache hits, shared runs and executions (the reward pool reports them through the
-registry's `stats` hook).
+the verdict of its first run while cached. `configure` applies the reward config (`reward.code_cache`
+and `reward.sandbox`: cache size, dedup, the sandbox's limits and settings); `configure_cache` sets
+the cache alone; `cache_stats` counts lookups, cache hits, shared runs and executions (the reward
+pool reports them through the registry's `stats` hook).
 
 The harness that runs the tests in the sandbox is the module `rewards.sandbox.harness`; its source
 file is the program sent to every run.
@@ -39,10 +39,10 @@ file is the program sent to every run.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import marshal
-import os
 import re
 import secrets
 import signal
@@ -53,10 +53,18 @@ from pathlib import Path
 
 from rewards.clock import pause_clock
 from rewards.registry import RewardResult, reward
-from rewards.sandbox import ExecResult, Limits, default_pool, harness, run_python
+from rewards.sandbox import ExecResult, Limits, Settings, default_pool, harness, run_python
+from rewards.sandbox import configure as configure_sandbox
+from rl.config import RewardConfig, SandboxConfig
 from rl.types import Sample
 
-LIMITS = Limits(wall_s=5.0, cpu_s=4.0)
+
+def limits_for(config: SandboxConfig) -> Limits:
+    """The per-run limits of `reward.sandbox` (the fields of `Limits`, by the same names)."""
+    return Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
+
+
+LIMITS = limits_for(SandboxConfig())
 HARNESS = Path(harness.__file__).read_text()
 # Samples per reward call. The pool times each call as a whole, less the time its jobs wait queued
 # behind other calls' jobs (`_await`): a chunk whose programs all run to the wall limit takes about
@@ -159,14 +167,16 @@ def _verdict(result: ExecResult, pass_token: bytes) -> tuple[bool, str]:
     return False, "crash"
 
 
-def run_tests(program: str, tests, entry_point: str | None = None, limits: Limits = LIMITS) -> tuple[bool, str, ExecResult]:
+def run_tests(program: str, tests, entry_point: str | None = None,
+              limits: Limits | None = None) -> tuple[bool, str, ExecResult]:
     """Run `program` then the strict form of `tests`; return (passed, outcome, sandbox result).
 
     outcome: "pass", "assertion" (a test failed), "syntax", "candidate_error" (the program raised),
     "test_error" (a test raised something else), "exit" (SystemExit), "timeout", "output_limit",
-    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests."""
+    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests.
+    `limits`: None = the configured `LIMITS`."""
     data, pass_token = _prepare(program, tests, entry_point)
-    result = run_python(HARNESS, limits, data)
+    result = run_python(HARNESS, limits or LIMITS, data)
     return (*_verdict(result, pass_token), result)
 
 
@@ -302,10 +312,20 @@ def _await(runs: list[_Run]) -> None:
         pause_clock(False)
 
 
-_verdicts = _Verdicts(int(os.environ.get("REWARD_CODE_CACHE", "100000")), os.environ.get("REWARD_CODE_DEDUP", "1") != "0")
+_verdicts = _Verdicts(RewardConfig().code_cache, SandboxConfig().dedup)
 
 
-def configure_cache(max_entries: int = 100_000, dedup: bool = True) -> None:
+def configure(cache_entries: int, config: SandboxConfig) -> None:
+    """Apply the reward config to this process: the verdict cache (`reward.code_cache` entries,
+    `reward.sandbox.dedup`; emptied, counters reset), the limits of every run, and the sandbox's
+    process-wide isolation, cgroup and worker settings."""
+    global LIMITS
+    LIMITS = limits_for(config)
+    configure_sandbox(Settings(isolation=config.isolation, cgroup=config.cgroup, workers=config.workers))
+    configure_cache(cache_entries, config.dedup)
+
+
+def configure_cache(max_entries: int = RewardConfig().code_cache, dedup: bool = SandboxConfig().dedup) -> None:
     """Set the verdict cache size (0 = no cache) and whether identical jobs in flight share one run;
     empties the cache and resets the counters."""
     _verdicts.configure(max_entries, dedup)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ALL_COMPLETED, Future, InvalidStateError, wait
-from typing import Any, Mapping
+from typing import Any
 
 from rewards.clock import set_running
 from rewards.custom import RewardLoadError, load_custom_rewards
@@ -46,6 +46,7 @@ from rewards.registry import (
     route_for,
     stats_growth,
 )
+from rl.config import RewardConfig
 from rl.types import Sample
 
 # Imported for their registrations: the built-in rewards.
@@ -54,8 +55,8 @@ import rewards.instruction  # noqa: F401
 import rewards.math  # noqa: F401
 import rewards.shaping  # noqa: F401
 
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_THREADS = 4
+DEFAULT_TIMEOUT_S = RewardConfig().timeout_s
+DEFAULT_THREADS = RewardConfig().threads
 
 
 class RewardTimeout(Exception):
@@ -355,32 +356,30 @@ def score_samples(samples: list[Sample], routes: Routes | None = None, timeout_s
         return pool.score(samples)
 
 
-def setup_rewards(config: Mapping[str, Any], load_models: bool = True) -> Routes:
-    """Make this process's reward registry match a reward config (`rl.config.RewardConfig` as a dict)
-    and return its routing table: load `custom` rewards, register the reward model when
-    `reward_model_path` is set (loading its weights only with `load_models`), resolve `routes`.
-
-    `code_cache` (entries, 0 = off) sizes the code reward's verdict cache.
+def setup_rewards(config: RewardConfig, load_models: bool = True) -> Routes:
+    """Make this process's reward registry match a reward config and return its routing table:
+    load `custom` rewards, configure the code reward (`code_cache`, `sandbox`), register the reward
+    model when `reward_model_path` is set (loading its weights only with `load_models`), resolve
+    `routes`.
 
     Raises RewardLoadError naming the bad spec, route or model. The driver calls it (without
     models) before starting reward actors, so a bad setting stops the run there; every reward
     actor calls it again at start-up, as registration is per process.
     """
-    load_custom_rewards(list(config.get("custom", ())))
-    if "code_cache" in config:
-        rewards.code.configure_cache(int(config["code_cache"]))
-    if config.get("reward_model_path"):
+    load_custom_rewards(list(config.custom))
+    rewards.code.configure(config.code_cache, config.sandbox)
+    if config.reward_model_path:
         from rewards.reward_model import register_reward_model
 
         register_reward_model(
-            config["reward_model_path"],
-            label=config.get("reward_model_label"),
-            batch_size=config.get("reward_model_batch_size", 8),
-            max_length=config.get("reward_model_max_length", 1024),
+            config.reward_model_path,
+            label=config.reward_model_label,
+            batch_size=config.reward_model_batch_size,
+            max_length=config.reward_model_max_length,
             load=load_models,
         )
     try:
-        return resolve_routes(config.get("routes", ()))
+        return resolve_routes(config.routes)
     except ValueError as exc:
         raise RewardLoadError(str(exc)) from exc
 
@@ -389,12 +388,9 @@ class RewardWorker:
     """Ray actor body (wrapped with ray.remote by the driver): a `RewardPool` set up from the reward
     config at start-up."""
 
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
-        config = dict(config or {})
+    def __init__(self, config: RewardConfig) -> None:
         self.routes = setup_rewards(config)
-        self.pool = RewardPool(
-            self.routes, config.get("timeout_s", DEFAULT_TIMEOUT_S), config.get("threads", DEFAULT_THREADS)
-        )
+        self.pool = RewardPool(self.routes, config.timeout_s, config.threads)
 
     def info(self) -> dict[str, list[tuple[str, float]]]:
         return self.routes

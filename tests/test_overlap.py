@@ -77,6 +77,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     from data_mining.tasks import make_task_split
     from rewards.pool import RewardWorker
     from rl.actors import Actors, generate_and_score
+    from rl.config import RewardConfig
     from rl.metrics import PhaseTimer
     from rl.rollout import RolloutWorker
 
@@ -85,7 +86,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
                                                              record_routing=True)
         for i in range(2)
     ]
-    rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote({"threads": 2}) for _ in range(2)]
+    rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote(RewardConfig(threads=2)) for _ in range(2)]
     actors = Actors(rollouts, rewards, trainer=None)
     rows, _ = make_task_split(["arithmetic", "code"], [1.0, 1.0], 10, 0, seed=3, max_digits=1)
     sampling = dict(n=4, temperature=1.0, max_new_tokens=24)

@@ -7,6 +7,7 @@ import pytest
 from rewards.custom import RewardLoadError
 from rewards.pool import RewardPool, RewardWorker, score_samples, setup_rewards
 from rewards.registry import RewardResult, batched, reward
+from rl.config import RewardConfig
 from rl.types import Sample
 
 
@@ -220,12 +221,12 @@ def lengths(samples):
 def test_reward_worker_sets_up_custom_rewards_and_routes(tmp_path):
     path = tmp_path / "my_rewards.py"
     path.write_text(CUSTOM)
-    worker = RewardWorker({
-        "custom": [f"{path}:shouty", f"{path}:lengths"],
-        "routes": ["chat=shouty:1.0,lengths:0.5"],
-        "timeout_s": 5.0,
-        "threads": 2,
-    })
+    worker = RewardWorker(RewardConfig(
+        custom=(f"{path}:shouty", f"{path}:lengths"),
+        routes=("chat=shouty:1.0,lengths:0.5",),
+        timeout_s=5.0,
+        threads=2,
+    ))
     assert worker.info()["chat"] == [("shouty", 1.0), ("lengths", 0.5)]
     assert worker.info()["math"] == [("math", 1.0)]  # built-in routes stay
     scored, stats = worker.score([_s("chat", "HI"), _s("chat", "hello"), _s("math", "")])
@@ -236,9 +237,9 @@ def test_reward_worker_sets_up_custom_rewards_and_routes(tmp_path):
 @pytest.mark.parametrize(
     "config,message",
     [
-        ({"custom": ["nowhere_xyz:fn"]}, "custom reward 'nowhere_xyz:fn': module 'nowhere_xyz' not found"),
-        ({"routes": ["math=math,nope:0.5"]}, "route for domain 'math' names unknown reward(s) ['nope']"),
-        ({"reward_model_path": "/no/such/rm"}, "reward.reward_model_path '/no/such/rm': "),
+        (RewardConfig(custom=("nowhere_xyz:fn",)), "custom reward 'nowhere_xyz:fn': module 'nowhere_xyz' not found"),
+        (RewardConfig(routes=("math=math,nope:0.5",)), "route for domain 'math' names unknown reward(s) ['nope']"),
+        (RewardConfig(reward_model_path="/no/such/rm"), "reward.reward_model_path '/no/such/rm': "),
     ],
 )
 def test_setup_errors_name_the_setting(config, message):
