@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ def build_actors(cfg: Config, model_path: str, ref_path: str | None = None) -> A
     reference from `ref_path` (default `model_path`)."""
     # Checked in the driver first: a bad custom reward, route or reward model stops the run here,
     # naming it, before any actor starts. Each reward actor repeats the set-up in its own process.
-    reward_config = {**asdict(cfg.reward), "custom": [pin_spec(spec) for spec in cfg.reward.custom]}
+    reward_config = replace(cfg.reward, custom=tuple(pin_spec(spec) for spec in cfg.reward.custom))
     setup_rewards(reward_config, load_models=False)
     max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     rollouts = [
