@@ -3,6 +3,7 @@ calls that time out drop their queued sandbox jobs and are not charged for other
 
 from __future__ import annotations
 
+import marshal
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from rewards import code
 from rewards.pool import RewardPool
-from rewards.sandbox import SandboxPool
+from rewards.sandbox import SandboxPool, host
 from rl.types import Sample
 
 
@@ -34,37 +35,58 @@ def one_worker(monkeypatch):
     pool.shutdown()
 
 
-def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker):
-    slow = _code(f"import time\ntime.sleep(2.5)\ndef f(x): return x + 3  # {time.time()}")
-    quick = _code(f"def f(x): return x + 3  # {time.time()}")
-    first: dict = {}
-    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=1.5) as strict:
-        thread = threading.Thread(target=lambda: first.update(result=patient.score([slow])))
+@pytest.fixture
+def gated(monkeypatch):
+    """Sandbox runs whose program holds `# gated` wait for `gate` before they start (host side, in
+    the sandbox pool's worker), so a test decides when the single worker frees up; `ran` lists
+    the programs' first lines in the order the worker ran them."""
+    gate, ran = threading.Event(), []
+    real_run = host.run_python
+
+    def run_python(source, limits, data=b"", **kwargs):
+        program = marshal.loads(data)["program"] if data else source
+        ran.append(program.splitlines()[0])
+        if "# gated" in program:
+            gate.wait(60)
+        return real_run(source, limits, data, **kwargs)
+
+    monkeypatch.setattr(host, "run_python", run_python)
+    yield gate, ran
+    gate.set()
+
+
+def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker, gated):
+    gate, ran = gated
+    slow = _code(f"def f(x): return x + 3  # gated {time.time()}")
+    quick = _code(f"def f(x): return x + 3  # quick {time.time()}")
+    first, second = {}, {}
+    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=0.5) as strict:
+        threading.Thread(target=lambda: first.update(result=patient.score([slow]))).start()
+        while not ran:  # the slow job holds the only worker
+            time.sleep(0.01)
+        thread = threading.Thread(target=lambda: second.update(result=strict.score([quick])))
         thread.start()
-        time.sleep(0.3)  # the slow job is in the sandbox pool first
-        t0 = time.monotonic()
-        (scored,), stats = strict.score([quick])
-        waited = time.monotonic() - t0
-        thread.join()
-    assert waited > 1.5  # longer than the timeout in wall time, nearly all of it queued
+        time.sleep(1.5)  # the quick job waits queued for three times its call's timeout
+        gate.set()
+        thread.join(60)
+    (scored,), stats = second["result"]
     assert stats["reward/errors/code"] == 0 and scored.passed and scored.reward == 1.0
-    assert first["result"][0][0].passed
+    assert [line.split("# ")[1].split()[0] for line in ran] == ["gated", "quick"]
 
 
-def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker):
+def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker, gated):
+    gate, ran = gated
     stamp = time.time()
-    slow = [_code(f"import time\ntime.sleep(4)\ndef f(x): return x + 3  # {stamp} {i}") for i in range(3)]
-    with RewardPool(timeout_s=1.0) as pool:
-        t0 = time.monotonic()
+    slow = [_code(f"def f(x): return x + 3  # gated {stamp} {i}") for i in range(3)]
+    with RewardPool(timeout_s=0.5) as pool:
         scored, stats = pool.score(slow)
-        assert time.monotonic() - t0 < 3.0
+        assert len(ran) == 1  # returned at the timeout, while the first job still held the worker
         assert stats["reward/errors/code"] == 3 and not any(s.passed for s in scored)
         assert pool.abandoned_threads == 1
-    # The worker is free once the first job (already running) ends, about 3 s from now; had the
-    # other two stayed queued, a new job would wait about 3 + 2 x 4 s.
-    t1 = time.monotonic()
-    assert one_worker.submit("pass").result(timeout=30).ok
-    assert time.monotonic() - t1 < 6.0
+    gate.set()
+    assert one_worker.submit("pass").result(timeout=60).ok
+    # The other two jobs were dropped from the queue: the worker's next run was the new job.
+    assert len(ran) == 2 and ran[1] == "pass"
 
 
 # ---- generation and scoring through real actors ------------------------------------------------------

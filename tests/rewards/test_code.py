@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,10 +44,7 @@ def has_close_elements(numbers: List[float], threshold: float) -> bool:
 
 
 def passes(program, tests=ASSERTS, entry_point=None):
-    start = time.monotonic()
-    passed, outcome, result = run_tests(program, tests, entry_point, LIMITS)
-    assert time.monotonic() - start <= LIMITS.wall_s + 1.5
-    return passed, outcome
+    return run_tests(program, tests, entry_point, LIMITS)[:2]
 
 
 def test_extract_program():
