@@ -107,7 +107,7 @@ def _run(data):
     _sys.modules["__main__"] = main
     try:
         exec(candidate, main.__dict__)
-    except SystemExit as exc:
+    except SystemExit:
         finish("exit", None)
     except BaseException as exc:
         finish("candidate_error", exc)
