@@ -6,8 +6,8 @@ file imports only the standard library's cheapest modules (its top level: marsha
 signal, sys; select and socket in the server, ctypes once before the first fork, fcntl, resource
 and atexit in the worker). Configs arrive in marshal form, reports leave as a dict literal, and
 the worker prints exceptions with the interpreter's built-in hook (json and traceback each pull
-in `re`). No threads run here. The host (`host.py`, `cgroup.py`) imports this module only for its
-constants and `unescape`.
+in `re`). No threads run here. On the host side only `cgroup.py` imports this module, for
+`unescape`.
 """
 
 from __future__ import annotations

@@ -352,3 +352,13 @@ def test_a_run_whose_fork_server_dies_is_a_sandbox_error_not_a_verdict():
     killed = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
     assert not killed.ok and killed.signal == 9
     assert run("print(2)").stdout == "2\n"
+
+
+def test_programs_start_without_the_host_side_or_heavy_modules_loaded():
+    # The fork server runs inside.py alone (python -I -S): nothing of the package, of site, or of
+    # the modules that cost milliseconds per run (json, re, traceback each pull in re) is loaded.
+    result = run("import sys\nprint(sorted(sys.modules))")
+    loaded = set(eval(result.stdout))
+    assert result.ok and "_sandbox_init" in loaded, result
+    heavy = {"json", "re", "traceback", "dataclasses", "subprocess", "concurrent", "site", "typing", "inspect"}
+    assert not loaded & heavy and not any(m.startswith("rewards") for m in loaded), sorted(loaded)
