@@ -124,7 +124,8 @@ def reward_pool_lines(repeats: int) -> None:
         with RewardPool(routes, timeout_s=5.0, threads=4) as pool:
             pool.score(batch)
 
-    print(f"reward pool   8 sync + 50 async  : {median_of(repeats, parallel) / (58 * 0.2):5.3f} x their sequential time")
+    ratio = median_of(repeats, parallel) / (58 * 0.2)
+    print(f"reward pool   8 sync + 50 async  : {ratio:5.3f} x their sequential time")
 
 
 def code_queue_line(repeats: int) -> None:

@@ -108,14 +108,16 @@ def read_stats() -> dict[str, dict[str, float]]:
     return {name: dict(fn()) for name, fn in STATS.items() if name in REWARDS}
 
 
-def stats_growth(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+def stats_growth(before: Mapping[str, Mapping[str, float]],
+                 after: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """`reward/<name>/<counter>` = how much each counter grew from `before` to `after` (at least 0:
     a reset in between counts from 0), for the rewards of which some counter grew."""
     out: dict[str, float] = {}
     for name, counts in after.items():
         old = before.get(name, {})
         if any(value > old.get(key, 0) for key, value in counts.items()):
-            out.update({f"reward/{name}/{key}": float(max(0, value - old.get(key, 0))) for key, value in counts.items()})
+            out.update({f"reward/{name}/{key}": float(max(0, value - old.get(key, 0)))
+                        for key, value in counts.items()})
     return out
 
 

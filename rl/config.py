@@ -207,7 +207,8 @@ class SandboxConfig:
                           "work, for the whole tree", "min": 1},
     )
     processes: int = field(
-        default=16, metadata={"help": "processes and threads a program may have (RLIMIT_NPROC, cgroup pids.max)", "min": 1}
+        default=16,
+        metadata={"help": "processes and threads a program may have (RLIMIT_NPROC, cgroup pids.max)", "min": 1},
     )
     file_bytes: int = field(
         default=16 << 20, metadata={"help": "largest file a program may write, bytes (RLIMIT_FSIZE)", "min": 0}
@@ -236,7 +237,9 @@ class SandboxConfig:
 
     def validate(self) -> None:
         if not 0 < self.memory_bytes <= 4 << 30:
-            raise ConfigError(f"config key 'reward.sandbox.memory_bytes' must be in (0, 4 GiB], got {self.memory_bytes}")
+            raise ConfigError(
+                f"config key 'reward.sandbox.memory_bytes' must be in (0, 4 GiB], got {self.memory_bytes}"
+            )
         for key in ("wall_s", "cpu_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"config key 'reward.sandbox.{key}' must be > 0, got {getattr(self, key)}")

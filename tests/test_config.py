@@ -354,3 +354,17 @@ def test_reward_lists_and_their_errors(tmp_path):
         load_config(None, ["reward.timeout_s=0"])
     with pytest.raises(ConfigError, match=re.escape("config key 'reward.custom[0]' expects str, got int 3")):
         load_config(None, ["reward.custom=[3]"])
+
+
+def test_reward_sandbox_is_a_nested_section_checked_at_load():
+    cfg = load_config(None, ["reward.sandbox.wall_s=2", "reward.sandbox.isolation=uid", "reward.sandbox.cgroup=false"])
+    assert (cfg.reward.sandbox.wall_s, cfg.reward.sandbox.isolation, cfg.reward.sandbox.cgroup) == (2.0, "uid", False)
+    assert cfg.reward.sandbox.memory_bytes == 1 << 30  # the rest keep their defaults
+    for override, message in [
+        ("reward.sandbox.memory_bytes=8589934592", "'reward.sandbox.memory_bytes' must be in (0, 4 GiB]"),
+        ("reward.sandbox.wall_s=0", "'reward.sandbox.wall_s' must be > 0"),
+        ("reward.sandbox.isolation=chroot", "'reward.sandbox.isolation' must be one of"),
+        ("reward.sandbox.walls=1", "unknown config key 'reward.sandbox.walls'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [override])
