@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     save_config(cfg, run_dir / "config.yaml")
     model_path = checkpoint.model_dir(cfg, args.dry_run, build=embedded_builder(cfg.data))
     train_rows, heldout_rows = load_prompts(cfg)
+    cfg = prepare_reward_config(cfg)  # a bad custom reward, route or reward model stops the run here
     if args.dry_run:
         print(describe_plan(cfg, model_path, len(train_rows), len(heldout_rows), start_step), flush=True)
         return 0
-    cfg = prepare_reward_config(cfg)  # a bad custom reward, route or reward model stops the run here
     start_ray(cfg)
     actors, miner, start_step = setup_run(cfg, model_path, train_rows)
     log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})

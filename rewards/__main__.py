@@ -25,6 +25,7 @@ from pathlib import Path
 from rewards.custom import RewardLoadError
 from rewards.pool import DEFAULT_THREADS, DEFAULT_TIMEOUT_S, RewardPool, describe, setup_rewards
 from rewards.registry import parse_route as parse_route_text
+from rl.config import RewardConfig
 from rl.types import Sample
 
 ROW_FIELDS = ("id", "domain", "prompt", "completion")
@@ -134,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return 2
     try:
-        routes = setup_rewards({"custom": args.custom, "routes": dict(args.route),
-                                "reward_model_path": args.reward_model, "reward_model_label": args.reward_model_label})
+        route_texts = (f"{domain}=" + ",".join(f"{name}:{weight!r}" for name, weight in route)
+                       for domain, route in args.route)
+        routes = setup_rewards(RewardConfig(custom=tuple(args.custom), routes=tuple(route_texts),
+                                            reward_model_path=args.reward_model,
+                                            reward_model_label=args.reward_model_label))
     except RewardLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

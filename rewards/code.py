@@ -27,30 +27,45 @@ program meets the same tests again in later steps. Jobs are keyed by sha256(prog
 entry point, limits); a job identical to one still running waits for that run (dedup, also across
 concurrent calls), and a bounded LRU cache keeps deterministic verdicts (`CACHEABLE`; never
 timeouts, output or resource kills, which depend on load). A program whose result is random keeps
-the verdict of its first run while cached. `REWARD_CODE_CACHE` (entries, 0 = off, default 100000)
-and `REWARD_CODE_DEDUP` (0 = off) set both at import; `configure_cache` at run time; `cache_stats`
-counts lookups, cache hits, shared runs and executions.
+the verdict of its first run while cached. `configure` applies the reward config (`reward.code_cache`
+and `reward.sandbox`: cache size, dedup, the sandbox's limits and settings); `configure_cache` sets
+the cache alone; `cache_stats` counts lookups, cache hits, shared runs and executions (the reward
+pool reports them through the registry's `stats` hook).
+
+The harness that runs the tests in the sandbox is the module `rewards.sandbox.harness`; its source
+file is the program sent to every run.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import marshal
-import os
 import re
 import secrets
 import signal
 import threading
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
 
+from rewards.clock import pause_clock
 from rewards.registry import RewardResult, reward
-from rewards.sandbox import ExecResult, Limits, default_pool, run_python
+from rewards.sandbox import ExecResult, Limits, Settings, default_pool, harness, run_python
+from rewards.sandbox import configure as configure_sandbox
+from rl.config import RewardConfig, SandboxConfig
 from rl.types import Sample
 
-LIMITS = Limits(wall_s=5.0, cpu_s=4.0)
+
+def limits_for(config: SandboxConfig) -> Limits:
+    """The per-run limits of `reward.sandbox` (the fields of `Limits`, by the same names)."""
+    return Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
+
+
+LIMITS = limits_for(SandboxConfig())
+HARNESS = Path(harness.__file__).read_text()
 # Samples per reward call. The pool times each call as a whole, less the time its jobs wait queued
 # behind other calls' jobs (`_await`): a chunk whose programs all run to the wall limit takes about
 # ceil(8 / workers) * (wall_s + 1 s) = 24 s on 2 sandbox workers, inside the default 30 s reward
@@ -129,149 +144,6 @@ def build_test_program(tests, entry_point: str | None = None) -> str:
     return ast.unparse(tree)
 
 
-# Runs inside the sandbox as __main__; `__sandbox_data__` holds the payload (a marshalled dict of
-# strings). It imports only what is already loaded or cheap: json and traceback (each pulls in
-# `re`) cost about 8 ms of a run, so exceptions are printed by the interpreter's built-in hook.
-HARNESS = r'''
-import builtins as _builtins, marshal as _marshal, os as _os, sys as _sys, threading as _threading
-
-
-def _strict_helpers(_type=type, _isinstance=isinstance, _len=len, _bool=bool, _zip=zip, _all=all,
-                    _TypeError=TypeError, _getattr=getattr):
-    """Comparison helpers bound to builtins captured before the candidate ran."""
-    import operator as _op
-    _scalars = (int, float, complex, str, bytes, bool, type(None), range)
-    _bases = (int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
-    _exact = {int: int.__int__, float: float.__float__, complex: lambda v: complex.__complex__(v),
-              str: str.__str__, bytes: lambda v: bytes.__getitem__(v, slice(None)),
-              list: list.copy, tuple: lambda v: tuple.__getitem__(v, slice(None)),
-              dict: dict.copy, set: set.copy, frozenset: lambda v: frozenset(set.union(set(), v))}
-    _ops = {"==": _op.eq, "!=": _op.ne, "<": _op.lt, "<=": _op.le, ">": _op.gt, ">=": _op.ge,
-            "in": lambda a, b: _op.contains(b, a), "not in": lambda a, b: not _op.contains(b, a)}
-    _views = (type({}.keys()), type({}.values()), type({}.items()))
-    _missing = object()
-
-    def plain(v, depth=0):
-        """v as plain builtin data, or _missing when it is something else."""
-        t = _type(v)
-        if t in _scalars:
-            return v
-        if t in (list, tuple, set, frozenset) or t in _views:
-            items = [plain(x, depth + 1) for x in v]
-            if any(x is _missing for x in items):
-                return _missing
-            return v if t in _views else t(items) if t is not list else items
-        if t is dict:
-            pairs = [(plain(k, depth + 1), plain(x, depth + 1)) for k, x in dict.items(v)]
-            if any(k is _missing or x is _missing for k, x in pairs):
-                return _missing
-            return dict(pairs)
-        for base in _bases:
-            if _isinstance(v, base):
-                return plain(_exact[base](v), depth + 1)
-        if _getattr(t, "__module__", "").split(".")[0] == "numpy" and _getattr(v, "tolist", None) is not None:
-            converted = v.tolist()
-            return _missing if _type(converted).__module__ == "numpy" else plain(converted, depth + 1)
-        return _missing
-
-    def cmp(ops, *operands):
-        values = [plain(x) for x in operands]
-        for i, op in enumerate(ops):
-            a, b = values[i], values[i + 1]
-            if a is _missing and b is _missing:
-                ok = _ops[op](operands[i], operands[i + 1])
-            elif a is _missing or b is _missing:
-                raise _TypeError(f"test compared plain data with a {_type(operands[i] if a is _missing else operands[i + 1]).__name__}")
-            else:
-                ok = _ops[op](a, b)
-            if not ok:
-                return False
-        return True
-
-    def truth(v):
-        p = plain(v)
-        if p is _missing:
-            raise _TypeError(f"assert on a {_type(v).__name__}, not plain data")
-        return _bool(p)
-
-    return cmp, truth
-
-
-def _run(data):
-    payload = _marshal.loads(data)
-    token = b"PASS " + payload.pop("nonce").encode()
-    del data
-    write, exit_, print_exception = _os.write, _os._exit, _sys.__excepthook__
-    cmp, truth = _strict_helpers()
-
-    def finish(kind, exc=None):
-        if exc is not None:
-            try:
-                print_exception(type(exc), exc, exc.__traceback__)
-            except BaseException:
-                pass
-        try:
-            _sys.stdout.flush()
-            _sys.stderr.flush()
-        except BaseException:
-            pass
-        if kind == "pass":
-            write(4, token)
-            exit_(0)
-        write(4, b"FAIL " + kind.encode())
-        exit_(1)
-
-    try:
-        tests = compile(payload["tests"], "<tests>", "exec")
-        candidate = compile(payload["program"], "<candidate>", "exec")
-    except BaseException as exc:
-        finish("syntax", exc)
-    clean_builtins = dict(vars(_builtins))
-    modules = {name: (m, dict(vars(m))) for name, m in list(_sys.modules.items()) if m is not None}
-    main = type(_sys)("__main__")
-    _sys.modules["__main__"] = main
-    try:
-        exec(candidate, main.__dict__)
-    except SystemExit as exc:
-        finish("exit", None)
-    except BaseException as exc:
-        finish("candidate_error", exc)
-    # Undo what the candidate's top level may have done to the tests' environment.
-    _sys.settrace(None)
-    _sys.setprofile(None)
-    _threading.settrace(None)
-    _threading.setprofile(None)
-    current_builtins = vars(_builtins)
-    for name in [k for k in current_builtins if k not in clean_builtins]:
-        del current_builtins[name]
-    current_builtins.update(clean_builtins)
-    for name, (module, saved) in modules.items():
-        _sys.modules[name] = module
-        current = vars(module)
-        for key, value in saved.items():
-            if current.get(key, _restore_missing) is not value:
-                current[key] = value
-    entry = payload.get("entry_point")
-    names = {k: v for k, v in main.__dict__.items()
-             if not (k.startswith("__") and k.endswith("__")) and (k not in clean_builtins or k == entry)}
-    test_globals = {**names, "__name__": "__main__", "__builtins__": dict(clean_builtins),
-                    "__sbx_cmp__": cmp, "__sbx_truth__": truth}
-    try:
-        exec(tests, test_globals)
-    except AssertionError as exc:
-        finish("assertion", exc)
-    except SystemExit:
-        finish("exit")
-    except BaseException as exc:
-        finish("test_error", exc)
-    finish("pass")
-
-
-_restore_missing = object()
-_run(globals().pop("__sandbox_data__"))
-'''
-
-
 def _prepare(program: str, tests, entry_point: str | None) -> tuple[bytes, bytes]:
     """The harness payload and the channel bytes that mean "passed" (it holds a fresh nonce)."""
     return _payload(program, build_test_program(tests, entry_point), entry_point)
@@ -295,14 +167,16 @@ def _verdict(result: ExecResult, pass_token: bytes) -> tuple[bool, str]:
     return False, "crash"
 
 
-def run_tests(program: str, tests, entry_point: str | None = None, limits: Limits = LIMITS) -> tuple[bool, str, ExecResult]:
+def run_tests(program: str, tests, entry_point: str | None = None,
+              limits: Limits | None = None) -> tuple[bool, str, ExecResult]:
     """Run `program` then the strict form of `tests`; return (passed, outcome, sandbox result).
 
     outcome: "pass", "assertion" (a test failed), "syntax", "candidate_error" (the program raised),
     "test_error" (a test raised something else), "exit" (SystemExit), "timeout", "output_limit",
-    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests."""
+    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests.
+    `limits`: None = the configured `LIMITS`."""
     data, pass_token = _prepare(program, tests, entry_point)
-    result = run_python(HARNESS, limits, data)
+    result = run_python(HARNESS, limits or LIMITS, data)
     return (*_verdict(result, pass_token), result)
 
 
@@ -428,8 +302,6 @@ def _await(runs: list[_Run]) -> None:
     pool. Waits in short slices, so that the pool's timeout (an exception raised asynchronously in
     this thread) lands within 50 ms and `code_reward` can release the runs still queued.
     """
-    from rewards.pool import pause_clock  # rewards.pool imports this module for its registration
-
     pending = runs
     try:
         while pending:
@@ -440,10 +312,20 @@ def _await(runs: list[_Run]) -> None:
         pause_clock(False)
 
 
-_verdicts = _Verdicts(int(os.environ.get("REWARD_CODE_CACHE", "100000")), os.environ.get("REWARD_CODE_DEDUP", "1") != "0")
+_verdicts = _Verdicts(RewardConfig().code_cache, SandboxConfig().dedup)
 
 
-def configure_cache(max_entries: int = 100_000, dedup: bool = True) -> None:
+def configure(cache_entries: int, config: SandboxConfig) -> None:
+    """Apply the reward config to this process: the verdict cache (`reward.code_cache` entries,
+    `reward.sandbox.dedup`; emptied, counters reset), the limits of every run, and the sandbox's
+    process-wide isolation, cgroup and worker settings."""
+    global LIMITS
+    LIMITS = limits_for(config)
+    configure_sandbox(Settings(isolation=config.isolation, cgroup=config.cgroup, workers=config.workers))
+    configure_cache(cache_entries, config.dedup)
+
+
+def configure_cache(max_entries: int = RewardConfig().code_cache, dedup: bool = SandboxConfig().dedup) -> None:
     """Set the verdict cache size (0 = no cache) and whether identical jobs in flight share one run;
     empties the cache and resets the counters."""
     _verdicts.configure(max_entries, dedup)
@@ -457,7 +339,14 @@ def cache_stats() -> dict[str, int]:
         return {**_verdicts.counts, "entries": len(_verdicts.cache)}
 
 
-@reward("code", batched=True, max_batch=MAX_BATCH)
+def _counters() -> dict[str, int]:
+    """The counters the reward pool reports as `reward/code/<name>` (see `cache_stats`)."""
+    counts = cache_stats()
+    return {"lookups": counts["lookups"], "cache_hits": counts["hits"], "shared": counts["shared"],
+            "executions": counts["executions"]}
+
+
+@reward("code", batched=True, max_batch=MAX_BATCH, stats=_counters)
 def code_reward(samples: list[Sample]) -> list[RewardResult]:
     """1.0 when the completion's program passes every test of its row, else 0.0; the batch runs
     concurrently on the sandbox pool (one worker per usable CPU), each distinct job once.

@@ -10,7 +10,8 @@ How `RewardPool.score` runs a batch:
 - every call has `timeout_s` from the moment it starts; a call that raises or times out scores its
   samples 0 (component `error`), counted in `reward/errors/<domain>`, the first message per domain
   printed. A call waiting for a worker pool shared with other calls stops its own clock meanwhile
-  (`pause_clock`; the code reward does so while its sandbox jobs are queued behind others).
+  (`rewards.clock.pause_clock`; the code reward does so while its sandbox jobs are queued behind
+  others).
 
 Python cannot kill a thread: a worker stuck past its deadline is retired and replaced, and is sent an
 asynchronous `RewardTimeout`, which stops pure-Python loops at their next bytecode; a call blocked
@@ -21,16 +22,19 @@ subprocesses of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ctypes
 import inspect
 import queue
+import sys
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ALL_COMPLETED, Future, InvalidStateError, wait
-from typing import Any, Mapping
+from typing import Any
 
-from rewards.custom import RewardLoadError, load_custom_rewards
+from rewards.clock import set_running
+from rewards.custom import RewardLoadError, load_custom_rewards, pin_spec
 from rewards.registry import (
     RewardFn,
     RewardResult,
@@ -39,9 +43,12 @@ from rewards.registry import (
     combine,
     get_reward,
     is_async,
+    read_stats,
     resolve_routes,
     route_for,
+    stats_growth,
 )
+from rl.config import Config, RewardConfig
 from rl.types import Sample
 
 # Imported for their registrations: the built-in rewards.
@@ -50,8 +57,8 @@ import rewards.instruction  # noqa: F401
 import rewards.math  # noqa: F401
 import rewards.shaping  # noqa: F401
 
-DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_THREADS = 4
+DEFAULT_TIMEOUT_S = RewardConfig().timeout_s
+DEFAULT_THREADS = RewardConfig().threads
 
 
 class RewardTimeout(Exception):
@@ -74,21 +81,6 @@ def _settle(future: Future, value: Any = None, exc: BaseException | None = None)
 
 async def _awaited(value: Any) -> Any:
     return await value
-
-
-_running = threading.local()  # `.call`: the _Call a worker thread is running
-
-
-def pause_clock(paused: bool) -> None:
-    """From inside a reward call: stop (True) or restart (False) the call's timeout clock.
-
-    For time the call spends queued behind other calls' work in a worker pool they share (the code
-    sandbox): the timeout bounds a call's own work, so one call must not run out of time because
-    another call's jobs went first. Does nothing outside a pool's worker thread.
-    """
-    call = getattr(_running, "call", None)
-    if call is not None:
-        call.pause(paused)
 
 
 class _Call:
@@ -118,7 +110,7 @@ class _Call:
 
     def run(self) -> None:
         self.started = time.monotonic()
-        _running.call = self
+        set_running(self)
         try:
             value = self.fn(self.arg)
             if inspect.isawaitable(value):
@@ -127,7 +119,7 @@ class _Call:
         except BaseException as exc:  # noqa: BLE001 - even SystemExit from a reward costs only its samples
             _settle(self.future, exc=exc)
         finally:
-            _running.call = None
+            set_running(None)
             self.seconds = time.monotonic() - self.started
 
     async def run_async(self) -> None:
@@ -333,12 +325,13 @@ class RewardPool:
         """Fill reward fields in place; return the samples and per-domain stats:
         `reward/errors/<domain>` (every domain in the batch), `time/reward/<domain>` (seconds of
         reward calls spent on the domain; calls overlap, so domains can sum to more than the wall
-        time), `time/reward_compute` (wall seconds) and, when code ran, the code reward's job counts
+        time), `time/reward_compute` (wall seconds) and, for each reward with counters (`stats` in
+        `registry.reward`) that grew, their growth: `reward/<name>/<counter>`, e.g. the code reward's
         `reward/code/{lookups,cache_hits,shared,executions}` (counts, so they add across calls)."""
         t0 = time.perf_counter()
-        code_before = rewards.code.cache_stats()
+        counters_before = read_stats()
         outcomes, seconds = self.evaluate(samples)
-        code_after = rewards.code.cache_stats()
+        counters_after = read_stats()
         errors: dict[str, int] = {s.domain: 0 for s in samples}
         first_error: dict[str, str] = {}
         stats: dict[str, float] = defaultdict(float)
@@ -351,10 +344,7 @@ class RewardPool:
             else:
                 s.reward, s.reward_components, s.passed = outcome.score, outcome.components, bool(outcome.passed)
         stats.update({f"reward/errors/{d}": float(n) for d, n in errors.items()})
-        if code_after["lookups"] > code_before["lookups"]:
-            for key, name in (("lookups", "lookups"), ("hits", "cache_hits"), ("shared", "shared"),
-                              ("executions", "executions")):
-                stats[f"reward/code/{name}"] = float(max(0, code_after[key] - code_before[key]))
+        stats.update(stats_growth(counters_before, counters_after))
         stats["time/reward_compute"] = time.perf_counter() - t0
         for domain, msg in first_error.items():
             print(f"[reward] {errors[domain]} error(s) in domain {domain!r}; first: {msg}", flush=True)
@@ -368,46 +358,55 @@ def score_samples(samples: list[Sample], routes: Routes | None = None, timeout_s
         return pool.score(samples)
 
 
-def setup_rewards(config: Mapping[str, Any], load_models: bool = True) -> Routes:
-    """Make this process's reward registry match a reward config (`rl.config.RewardConfig` as a dict)
-    and return its routing table: load `custom` rewards, register the reward model when
-    `reward_model_path` is set (loading its weights only with `load_models`), resolve `routes`.
-
-    `code_cache` (entries, 0 = off) sizes the code reward's verdict cache.
+def setup_rewards(config: RewardConfig, load_models: bool = True) -> Routes:
+    """Make this process's reward registry match a reward config and return its routing table:
+    load `custom` rewards, configure the code reward (`code_cache`, `sandbox`), register the reward
+    model when `reward_model_path` is set (loading its weights only with `load_models`), resolve
+    `routes`.
 
     Raises RewardLoadError naming the bad spec, route or model. The driver calls it (without
     models) before starting reward actors, so a bad setting stops the run there; every reward
     actor calls it again at start-up, as registration is per process.
     """
-    load_custom_rewards(list(config.get("custom", ())))
-    if "code_cache" in config:
-        rewards.code.configure_cache(int(config["code_cache"]))
-    if config.get("reward_model_path"):
+    load_custom_rewards(list(config.custom))
+    rewards.code.configure(config.code_cache, config.sandbox)
+    if config.reward_model_path:
         from rewards.reward_model import register_reward_model
 
         register_reward_model(
-            config["reward_model_path"],
-            label=config.get("reward_model_label"),
-            batch_size=config.get("reward_model_batch_size", 8),
-            max_length=config.get("reward_model_max_length", 1024),
+            config.reward_model_path,
+            label=config.reward_model_label,
+            batch_size=config.reward_model_batch_size,
+            max_length=config.reward_model_max_length,
             load=load_models,
         )
     try:
-        return resolve_routes(config.get("routes", ()))
+        return resolve_routes(config.routes)
     except ValueError as exc:
         raise RewardLoadError(str(exc)) from exc
+
+
+def prepare_reward_config(cfg: Config) -> Config:
+    """`cfg` with the reward section the reward actors get: custom reward files pinned to absolute
+    paths (an actor's working directory may differ). Loads the custom rewards and routes in this
+    process first (reward-model weights are not loaded), so a bad setting stops the run here, before
+    Ray starts, with `error: <what is wrong>` and exit status 2."""
+    reward = dataclasses.replace(cfg.reward, custom=tuple(pin_spec(spec) for spec in cfg.reward.custom))
+    try:
+        setup_rewards(reward, load_models=False)
+    except RewardLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return dataclasses.replace(cfg, reward=reward)
 
 
 class RewardWorker:
     """Ray actor body (wrapped with ray.remote by the driver): a `RewardPool` set up from the reward
     config at start-up."""
 
-    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
-        config = dict(config or {})
+    def __init__(self, config: RewardConfig) -> None:
         self.routes = setup_rewards(config)
-        self.pool = RewardPool(
-            self.routes, config.get("timeout_s", DEFAULT_TIMEOUT_S), config.get("threads", DEFAULT_THREADS)
-        )
+        self.pool = RewardPool(self.routes, config.timeout_s, config.threads)
 
     def info(self) -> dict[str, list[tuple[str, float]]]:
         return self.routes

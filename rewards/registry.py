@@ -10,6 +10,10 @@ Two variants serve expensive scorers:
   receives a list (at most `max_batch`, None = all of one scoring call) and returns one result per
   sample, in order. A batched reward may be async too.
 
+A reward with counters of its own (the code reward's cache hits and sandbox runs) registers a
+`stats` callable returning them, cumulative; the reward pool reports how much each grew during a
+scoring call as `reward/<name>/<counter>`, without knowing the reward's internals.
+
 Routing: each domain is scored by one or more rewards with weights; the sample's score is the
 weighted sum of the rewards that apply (`combine`). `DEFAULT_DOMAIN_REWARDS` is the built-in table;
 `resolve_routes` lays configured routes over it.
@@ -47,6 +51,8 @@ DEFAULT_DOMAIN_REWARDS: Routes = {
 }
 
 _BATCH_ATTR = "__reward_max_batch__"  # present on batched rewards: max samples per call, 0 = no limit
+StatsFn = Callable[[], Mapping[str, float]]  # a reward's cumulative counters, by name
+STATS: dict[str, StatsFn] = {}
 
 
 def batched(fn: RewardFn | None = None, *, max_batch: int | None = None) -> Any:
@@ -74,8 +80,10 @@ def is_async(fn: RewardFn) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-def reward(name: str, *, batched: bool = False, max_batch: int | None = None) -> Callable[[RewardFn], RewardFn]:
-    """Register `fn` as the reward called `name` (see the module docstring for the variants)."""
+def reward(name: str, *, batched: bool = False, max_batch: int | None = None,
+           stats: StatsFn | None = None) -> Callable[[RewardFn], RewardFn]:
+    """Register `fn` as the reward called `name` (see the module docstring for the variants and
+    `stats`)."""
 
     def deco(fn: RewardFn) -> RewardFn:
         if name in REWARDS and REWARDS[name] is not fn:
@@ -83,6 +91,8 @@ def reward(name: str, *, batched: bool = False, max_batch: int | None = None) ->
         if batched:
             _mark_batched(fn, max_batch)
         REWARDS[name] = fn
+        if stats is not None:
+            STATS[name] = stats
         return fn
 
     return deco
@@ -92,6 +102,24 @@ def get_reward(name: str) -> RewardFn:
     if name not in REWARDS:
         raise KeyError(f"unknown reward {name!r}; registered: {sorted(REWARDS)}")
     return REWARDS[name]
+
+
+def read_stats() -> dict[str, dict[str, float]]:
+    """Every registered reward's counters now: {reward name: {counter: value}}."""
+    return {name: dict(fn()) for name, fn in STATS.items() if name in REWARDS}
+
+
+def stats_growth(before: Mapping[str, Mapping[str, float]],
+                 after: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """`reward/<name>/<counter>` = how much each counter grew from `before` to `after` (at least 0:
+    a reset in between counts from 0), for the rewards of which some counter grew."""
+    out: dict[str, float] = {}
+    for name, counts in after.items():
+        old = before.get(name, {})
+        if any(value > old.get(key, 0) for key, value in counts.items()):
+            out.update({f"reward/{name}/{key}": float(max(0, value - old.get(key, 0)))
+                        for key, value in counts.items()})
+    return out
 
 
 def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:

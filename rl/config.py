@@ -38,6 +38,7 @@ __all__ = [
     "RewardConfig",
     "RolloutConfig",
     "RunConfig",
+    "SandboxConfig",
     "TrainConfig",
     "config_to_dict",
     "format_help",
@@ -192,6 +193,57 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    # Per-run limits (the fields of `rewards.sandbox.Limits`, same names) and process-wide settings.
+    wall_s: float = field(
+        default=5.0, metadata={"help": "wall-clock seconds one program may run before its whole process tree is killed"}
+    )
+    cpu_s: float = field(default=4.0, metadata={"help": "CPU seconds per sandboxed process (RLIMIT_CPU)"})
+    memory_bytes: int = field(
+        default=1 << 30,
+        metadata={"help": "memory cap, bytes, at most 4 GiB: per process (RLIMIT_AS) and, where per-run cgroups "
+                          "work, for the whole tree", "min": 1},
+    )
+    processes: int = field(
+        default=16,
+        metadata={"help": "processes and threads a program may have (RLIMIT_NPROC, cgroup pids.max)", "min": 1},
+    )
+    file_bytes: int = field(
+        default=16 << 20, metadata={"help": "largest file a program may write, bytes (RLIMIT_FSIZE)", "min": 0}
+    )
+    disk_bytes: int = field(
+        default=64 << 20, metadata={"help": "size of a run's private working directory (tmpfs), bytes", "min": 1}
+    )
+    open_files: int = field(default=64, metadata={"help": "open files per process (RLIMIT_NOFILE)", "min": 1})
+    output_bytes: int = field(
+        default=1 << 20, metadata={"help": "stdout and stderr cap each, bytes; more kills the program", "min": 1}
+    )
+    workers: int = field(
+        default=0, metadata={"help": "programs run at once per reward actor; 0 = one per usable CPU", "min": 0}
+    )
+    isolation: Literal["auto", "namespaces", "uid", "session"] = field(
+        default="auto",
+        metadata={"help": "auto = the strongest that works here (namespaces, else uid as root, else session: "
+                          "rlimits and a process-group kill only)"},
+    )
+    cgroup: bool = field(
+        default=True, metadata={"help": "give each run a cgroup (memory cap on the whole tree) where this process may"}
+    )
+    dedup: bool = field(
+        default=True, metadata={"help": "identical code jobs in flight at once share one run"}
+    )
+
+    def validate(self) -> None:
+        if not 0 < self.memory_bytes <= 4 << 30:
+            raise ConfigError(
+                f"config key 'reward.sandbox.memory_bytes' must be in (0, 4 GiB], got {self.memory_bytes}"
+            )
+        for key in ("wall_s", "cpu_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"config key 'reward.sandbox.{key}' must be > 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     num_actors: int = field(default=1, metadata={"help": "number of reward actors", "min": 1})
     cpus_per_actor: float = field(
@@ -235,6 +287,9 @@ class RewardConfig:
         default=True,
         metadata={"help": "score each prompt's group as soon as its completions finish, while generation goes on; "
                           "false = score after all generation"},
+    )
+    sandbox: SandboxConfig = field(
+        default_factory=SandboxConfig, metadata={"help": "the code reward's sandbox: limits per program, isolation"}
     )
 
     def validate(self) -> None:
@@ -691,17 +746,7 @@ def format_help(cls: Any = Config) -> str:
     hints = get_type_hints(cls)
     groups = []
     for section in dataclasses.fields(cls):
-        section_cls = hints[section.name]
-        section_hints = get_type_hints(section_cls)
-        rows = []
-        for f in dataclasses.fields(section_cls):
-            tp, text = section_hints[f.name], f.metadata["help"]
-            if get_origin(tp) is Literal:  # a long list of choices would stretch the type column
-                tp, text = str, f"{text}; one of: {', '.join(get_args(tp))}"
-            rows.append(
-                (f"{section.name}.{f.name}", _type_name(tp), f"(default: {_show(_default(f))})", text)
-            )
-        groups.append((f"{section.name}: {section.metadata['help']}", rows))
+        groups.append((f"{section.name}: {section.metadata['help']}", _help_rows(hints[section.name], section.name)))
     widths = [max(len(row[i]) for _, rows in groups for row in rows) for i in range(3)]
     lines = []
     for title, rows in groups:
@@ -710,6 +755,21 @@ def format_help(cls: Any = Config) -> str:
             cells = [cell.ljust(width) for cell, width in zip(row, widths)]
             lines.append("  " + "  ".join([*cells, row[3]]))
     return "\n".join(lines)
+
+
+def _help_rows(section_cls: Any, prefix: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every field of a section, nested sections' fields included."""
+    section_hints = get_type_hints(section_cls)
+    rows = []
+    for f in dataclasses.fields(section_cls):
+        tp, text = section_hints[f.name], f.metadata["help"]
+        if dataclasses.is_dataclass(tp):
+            rows += _help_rows(tp, f"{prefix}.{f.name}")
+            continue
+        if get_origin(tp) is Literal:  # a long list of choices would stretch the type column
+            tp, text = str, f"{text}; one of: {', '.join(get_args(tp))}"
+        rows.append((f"{prefix}.{f.name}", _type_name(tp), f"(default: {_show(_default(f))})", text))
+    return rows
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

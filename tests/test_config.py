@@ -25,12 +25,23 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CPU = ROOT / "configs" / "tiny_cpu.yaml"
 
 
+def _leaf_fields(cls, prefix=""):
+    """(dotted key, field) for every field that holds a value; nested sections are walked into."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.default_factory if f.default is dataclasses.MISSING else None):
+            yield from _leaf_fields(f.default_factory, f"{key}.")
+        else:
+            yield key, f
+
+
 def _all_keys(cls=Config):
-    return [
-        f"{section.name}.{f.name}"
-        for section in dataclasses.fields(cls)
-        for f in dataclasses.fields(section.default_factory)
-    ]
+    return [key for key, _ in _leaf_fields(cls)]
+
+
+def _flat(data, prefix=""):
+    return [k for name, value in data.items()
+            for k in (_flat(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"])]
 
 
 # --- defaults and the embedded YAML ----------------------------------------------------------------
@@ -52,10 +63,10 @@ def test_defaults_load():
 def test_every_field_has_a_type_default_and_help():
     for section in dataclasses.fields(Config):
         assert section.metadata["help"]
-        for f in dataclasses.fields(section.default_factory):
-            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
-            assert f.default is not dataclasses.MISSING, f"{section.name}.{f.name} has no default"
-            assert f.type, f"{section.name}.{f.name} has no annotation"
+    for key, f in _leaf_fields(Config):
+        assert f.metadata.get("help"), f"{key} has no help"
+        assert f.default is not dataclasses.MISSING, f"{key} has no default"
+        assert f.type, f"{key} has no annotation"
 
 
 def test_tiny_cpu_yaml_loads_to_the_defaults():
@@ -267,7 +278,7 @@ def test_config_to_dict_is_plain_and_complete():
     data = config_to_dict(Config())
     assert type(data) is dict and type(data["train"]) is dict
     assert data["train"]["lr"] == 2e-4 and data["run"]["ray_address"] is None
-    assert sorted(f"{s}.{k}" for s, keys in data.items() for k in keys) == sorted(_all_keys())
+    assert sorted(_flat(data)) == sorted(_all_keys())
     assert yaml.safe_load(yaml.safe_dump(data)) == data
 
 
@@ -363,3 +374,17 @@ def test_reward_lists_and_their_errors(tmp_path):
         load_config(None, ["reward.timeout_s=0"])
     with pytest.raises(ConfigError, match=re.escape("config key 'reward.custom[0]' expects str, got int 3")):
         load_config(None, ["reward.custom=[3]"])
+
+
+def test_reward_sandbox_is_a_nested_section_checked_at_load():
+    cfg = load_config(None, ["reward.sandbox.wall_s=2", "reward.sandbox.isolation=uid", "reward.sandbox.cgroup=false"])
+    assert (cfg.reward.sandbox.wall_s, cfg.reward.sandbox.isolation, cfg.reward.sandbox.cgroup) == (2.0, "uid", False)
+    assert cfg.reward.sandbox.memory_bytes == 1 << 30  # the rest keep their defaults
+    for override, message in [
+        ("reward.sandbox.memory_bytes=8589934592", "'reward.sandbox.memory_bytes' must be in (0, 4 GiB]"),
+        ("reward.sandbox.wall_s=0", "'reward.sandbox.wall_s' must be > 0"),
+        ("reward.sandbox.isolation=chroot", "'reward.sandbox.isolation' must be one of"),
+        ("reward.sandbox.walls=1", "unknown config key 'reward.sandbox.walls'"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, [override])

@@ -17,7 +17,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
     from rewards.pool import RewardWorker
     from rl.actors import Actors, generate_and_score
     from rl.metrics import PhaseTimer
-    from rl.config import RolloutConfig
+    from rl.config import RewardConfig, RolloutConfig
     from rl.rollout import RolloutWorker
 
     rollouts = [
@@ -25,7 +25,7 @@ def test_scoring_while_generating_gives_what_generate_then_score_gives(tiny_chec
                                                              seed=i, max_model_len=160)
         for i in range(2)
     ]
-    rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote({"threads": 2}) for _ in range(2)]
+    rewards = [ray.remote(RewardWorker).options(num_cpus=0).remote(RewardConfig(threads=2)) for _ in range(2)]
     actors = Actors(rollouts, rewards, trainer=None)
     rows, _ = make_task_split(["arithmetic", "code"], [1.0, 1.0], 10, 0, seed=3, max_digits=1)
     sampling = dict(n=4, temperature=1.0, max_new_tokens=24)

@@ -1,11 +1,10 @@
 """Code-reward calls sharing one sandbox pool: a call that times out drops its queued sandbox jobs,
-and time a call's job spends queued behind other calls' jobs is not charged to its timeout.
-
-The order of events is observed on the sandbox pool itself (which job was submitted, started,
-finished or cancelled when), so nothing here depends on how fast the machine is."""
+and time a call's job spends queued behind other calls' jobs is not charged to its timeout. The
+worker is held by a gate the test opens, so the order of events is decided, not timed."""
 
 from __future__ import annotations
 
+import marshal
 import threading
 import time
 
@@ -13,23 +12,11 @@ import pytest
 
 from rewards import code
 from rewards.pool import RewardPool
-from rewards.sandbox import SandboxPool
+from rewards.sandbox import SandboxPool, host
 from rl.types import Sample
 
 
-class RecordingPool(SandboxPool):
-    """A one-worker sandbox pool that records its jobs' futures in submission order."""
-
-    def __init__(self) -> None:
-        super().__init__(workers=1)
-        self.jobs: list = []
-        self.submitted = threading.Event()
-
-    def submit(self, *args, **kwargs):
-        future = super().submit(*args, **kwargs)
-        self.jobs.append(future)
-        self.submitted.set()
-        return future
+# ---- the code reward's calls sharing one sandbox pool ----------------------------------------------
 
 
 def _code(program: str) -> Sample:
@@ -40,7 +27,7 @@ def _code(program: str) -> Sample:
 @pytest.fixture
 def one_worker(monkeypatch):
     """A sandbox pool with a single worker, so jobs of different calls queue behind each other."""
-    pool = RecordingPool()
+    pool = SandboxPool(workers=1)
     monkeypatch.setattr(code, "default_pool", lambda: pool)
     code.configure_cache(0, dedup=False)
     yield pool
@@ -48,33 +35,57 @@ def one_worker(monkeypatch):
     pool.shutdown()
 
 
-def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker):
-    # The slow program sleeps longer than the strict call's timeout; the quick one queues behind it.
-    slow = _code(f"import time\ntime.sleep(2.5)\ndef f(x): return x + 3  # {time.time()}")
-    quick = _code(f"def f(x): return x + 3  # {time.time()}")
-    first: dict = {}
-    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=1.5) as strict:
-        thread = threading.Thread(target=lambda: first.update(result=patient.score([slow])))
+@pytest.fixture
+def gated(monkeypatch):
+    """Sandbox runs whose program holds `# gated` wait for `gate` before they start (host side, in
+    the sandbox pool's worker), so a test decides when the single worker frees up; `ran` lists
+    the programs' first lines in the order the worker ran them."""
+    gate, ran = threading.Event(), []
+    real_run = host.run_python
+
+    def run_python(source, limits, data=b"", **kwargs):
+        program = marshal.loads(data)["program"] if data else source
+        ran.append(program.splitlines()[0])
+        if "# gated" in program:
+            gate.wait(60)
+        return real_run(source, limits, data, **kwargs)
+
+    monkeypatch.setattr(host, "run_python", run_python)
+    yield gate, ran
+    gate.set()
+
+
+def test_time_queued_behind_another_calls_jobs_does_not_count_against_the_timeout(one_worker, gated):
+    gate, ran = gated
+    slow = _code(f"def f(x): return x + 3  # gated {time.time()}")
+    quick = _code(f"def f(x): return x + 3  # quick {time.time()}")
+    first, second = {}, {}
+    with RewardPool(timeout_s=None) as patient, RewardPool(timeout_s=0.5) as strict:
+        threading.Thread(target=lambda: first.update(result=patient.score([slow]))).start()
+        while not ran:  # the slow job holds the only worker
+            time.sleep(0.01)
+        thread = threading.Thread(target=lambda: second.update(result=strict.score([quick])))
         thread.start()
-        assert one_worker.submitted.wait(timeout=60)  # the slow job is in the sandbox pool first
-        (scored,), stats = strict.score([quick])
-        slow_job, quick_job = one_worker.jobs
-        assert slow_job.done()  # the quick job ran only after the slow one (2.5 s > the 1.5 s timeout)
-        thread.join()
-    assert quick_job.done() and not quick_job.cancelled()
+        time.sleep(1.5)  # the quick job waits queued for three times its call's timeout
+        gate.set()
+        thread.join(60)
+    (scored,), stats = second["result"]
     assert stats["reward/errors/code"] == 0 and scored.passed and scored.reward == 1.0
-    assert first["result"][0][0].passed
+    assert [line.split("# ")[1].split()[0] for line in ran] == ["gated", "quick"]
 
 
-def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker):
+def test_a_timed_out_call_drops_its_queued_sandbox_jobs(one_worker, gated):
+    gate, ran = gated
     stamp = time.time()
-    slow = [_code(f"import time\ntime.sleep(4)\ndef f(x): return x + 3  # {stamp} {i}") for i in range(3)]
-    with RewardPool(timeout_s=1.0) as pool:
+    slow = [_code(f"def f(x): return x + 3  # gated {stamp} {i}") for i in range(3)]
+    with RewardPool(timeout_s=0.5) as pool:
         scored, stats = pool.score(slow)
-        running, *queued = one_worker.jobs
-        assert not running.done()  # the call returned at its timeout, with its first job still running
-        assert len(queued) == 2 and all(job.cancelled() for job in queued)  # the others never start
+        assert len(ran) == 1  # returned at the timeout, while the first job still held the worker
         assert stats["reward/errors/code"] == 3 and not any(s.passed for s in scored)
         assert pool.abandoned_threads == 1
-    # The worker is free once the running job ends: a new job runs (the timeout only guards a hang).
+    gate.set()
     assert one_worker.submit("pass").result(timeout=60).ok
+    # The other two jobs were dropped from the queue: the worker's next run was the new job.
+    assert len(ran) == 2 and ran[1] == "pass"
+
+

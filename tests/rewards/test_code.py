@@ -1,9 +1,9 @@
 """The code reward: extraction, strict tests, forgeries of a pass, the CLI, and the code tasks."""
 
 import json
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from rewards.code import build_test_program, code_reward, extract_program, run_t
 from rewards.pool import score_samples
 from rewards.registry import DEFAULT_DOMAIN_REWARDS, batch_limit, score_sample
 from rewards.sandbox import Limits, SandboxPool
+from rl.config import RewardConfig, SandboxConfig
 from rl.types import Sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +44,7 @@ def has_close_elements(numbers: List[float], threshold: float) -> bool:
 
 
 def passes(program, tests=ASSERTS, entry_point=None):
-    start = time.monotonic()
-    passed, outcome, result = run_tests(program, tests, entry_point, LIMITS)
-    assert time.monotonic() - start <= LIMITS.wall_s + 1.5
-    return passed, outcome
+    return run_tests(program, tests, entry_point, LIMITS)[:2]
 
 
 def test_extract_program():
@@ -276,3 +274,25 @@ def test_reward_pool_reports_code_job_counts(counting_pool):
     _, stats = score_samples([good], timeout_s=30.0)
     assert stats["reward/code/cache_hits"] == 1.0 and stats["reward/code/executions"] == 0.0
     assert batch_limit(code.code_reward) == code.MAX_BATCH
+
+
+def test_the_reward_config_sets_the_sandbox_limits_and_settings():
+    from rewards.pool import setup_rewards
+    from rewards.sandbox import default_pool, isolation_report
+
+    try:
+        setup_rewards(RewardConfig(sandbox=SandboxConfig(isolation="session", cgroup=False)), load_models=False)
+        report = isolation_report()
+        assert (report["isolation"], report["cgroup"]) == ("session", "off")
+        config = RewardConfig(code_cache=0, sandbox=SandboxConfig(output_bytes=1000, workers=1, dedup=False))
+        setup_rewards(config, load_models=False)
+        assert code.LIMITS == Limits(output_bytes=1000) and default_pool().workers == 1
+        loud = "print('x' * 5000)\ndef f(x): return x + 3"
+        assert run_tests(loud, ASSERTS)[:2] == (False, "output_limit")
+        good = sample("def f(x): return x + 3")
+        results = code_reward([sample(loud), good, good])
+        assert [r.score for r in results] == [0.0, 1.0, 1.0] and results[0].components["error"] == 1.0
+        assert code.cache_stats() == {"lookups": 3, "hits": 0, "shared": 0, "executions": 3, "entries": 0}
+    finally:
+        setup_rewards(RewardConfig(), load_models=False)
+    assert code.LIMITS == Limits() and default_pool().workers == len(os.sched_getaffinity(0))

@@ -8,6 +8,7 @@ import torch
 from data_mining.bootstrap import train_tokenizer
 from rewards.custom import RewardLoadError
 from rewards.pool import RewardPool, setup_rewards
+from rl.config import RewardConfig
 from rewards.reward_model import RewardModel, register_reward_model
 from rl.types import Sample
 
@@ -98,7 +99,7 @@ def test_chat_template_renders_the_conversation(tmp_path):
 
 
 def test_general_domain_through_the_pool(rm_path):
-    routes = setup_rewards({"reward_model_path": rm_path, "reward_model_batch_size": 3})
+    routes = setup_rewards(RewardConfig(reward_model_path=rm_path, reward_model_batch_size=3))
     assert routes["general"] == [("reward_model", 1.0)]
     direct = [r.score for r in RewardModel(rm_path)(_samples())]
     with RewardPool(routes, timeout_s=60, threads=2) as pool:
@@ -114,9 +115,9 @@ def test_general_domain_through_the_pool(rm_path):
 def test_bad_checkpoint_settings_stop_setup(tmp_path, classifier_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RewardLoadError, match="reward.reward_model_path .*no config.json"):
-        setup_rewards({"reward_model_path": str(tmp_path / "empty")}, load_models=False)
+        setup_rewards(RewardConfig(reward_model_path=str(tmp_path / "empty")), load_models=False)
     with pytest.raises(RewardLoadError, match="set the label"):
-        setup_rewards({"reward_model_path": classifier_path}, load_models=False)
+        setup_rewards(RewardConfig(reward_model_path=classifier_path), load_models=False)
 
 
 def test_scoring_command_with_a_reward_model(rm_path, tmp_path, capsys):

@@ -1,10 +1,12 @@
-"""The sandbox against hostile programs: each must end as a failure within its wall limit (plus a
-small margin) and leave the host untouched."""
+"""The sandbox against hostile programs: each must end as a failure, stopped by its limits, and
+leave the host untouched. How long the stopping takes is measured by bench/bench_sandbox.py."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from rewards.sandbox import (
     isolation_report,
     run_python,
 )
+from rewards.sandbox import host
+from rewards.sandbox.forkserver import spawner
 
 LIMITS = Limits(wall_s=2.0, cpu_s=1.0, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
-MARGIN_S = 1.5  # process start-up and teardown on a busy 2-core machine
 CONTAINED = pytest.mark.skipif(isolation() == "session", reason="no namespaces and not root: nothing to contain")
 NAMESPACES = pytest.mark.skipif(isolation() != "namespaces", reason="needs mount and network namespaces")
 CGROUPS = pytest.mark.skipif(cgroup_layout() is None,
@@ -46,11 +49,24 @@ def sandbox_processes() -> list[int]:
     return pids
 
 
+def eventually(condition, wait_s: float = 60.0) -> bool:
+    """Whether `condition()` holds now or becomes true while polling for up to `wait_s` (a bound
+    for a busy machine, not a measured duration: killed processes take a moment to be reaped)."""
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def run(source: str, limits: Limits = LIMITS, **kwargs):
-    start = time.monotonic()
-    result = run_python(source, limits, **kwargs)
-    assert time.monotonic() - start <= limits.wall_s + MARGIN_S, f"outlived its wall limit: {result}"
-    return result
+    return run_python(source, limits, **kwargs)
+
+
+def stopped_by_a_limit(result) -> bool:
+    """The sandbox ended the run: wall limit, output cap, or the CPU limit's signals."""
+    return result.timed_out or result.output_exceeded or result.signal in (signal.SIGXCPU, signal.SIGKILL)
 
 
 def test_runs_a_program_and_reports_its_output():
@@ -99,10 +115,17 @@ ADVERSARIAL = {
 }
 
 
+# Programs that never end by themselves: only the sandbox's limits can stop them.
+ENDLESS = ("busy loop", "loop ignoring signals", "sleep in C", "ctypes pause", "blocked on a pipe", "fork bomb",
+           "print gigabytes")
+
+
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
-def test_adversarial_programs_fail_within_the_limit(name):
+def test_adversarial_programs_fail_and_leave_nothing_behind(name):
     result = run(ADVERSARIAL[name])
     assert not result.ok
+    if name in ENDLESS:
+        assert stopped_by_a_limit(result), result
     assert sandbox_processes() == []
 
 
@@ -124,8 +147,7 @@ def test_daemonised_children_die_with_the_sandbox():
     for tail in ("print('parent leaves')", "time.sleep(1000)"):
         result = run(daemon + tail)
         assert result.ok == (tail.startswith("print"))
-        time.sleep(0.2)
-        assert sandbox_processes() == []
+        assert eventually(lambda: sandbox_processes() == [])
 
 
 @CONTAINED
@@ -217,11 +239,11 @@ def test_isolation_report_names_the_active_mode():
     assert report["cgroup_detail"]
     assert run("print(1)").cgroup == ("" if report["cgroup"] == "off" else report["cgroup"])
     # Turned off: the per-process limits only, and programs still run.
-    probe = ("from rewards.sandbox import isolation_report, run_python\n"
+    probe = ("from rewards.sandbox import Settings, configure, isolation_report, run_python\n"
+             "configure(Settings(cgroup=False))\n"
              "r = run_python('print(2)')\nprint(isolation_report()['cgroup'], r.stdout.strip(), repr(r.cgroup))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2],
-                          env={**os.environ, "REWARD_SANDBOX_CGROUP": "0", "OMP_NUM_THREADS": "1"})
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.split() == ["off", "2", "''"], proc.stderr
 
 
@@ -230,20 +252,26 @@ def test_uid_fallback_kills_daemons():
     # Without namespaces, every process of the run's own uid is killed at the end.
     result = run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\nprint('done')", mode="uid")
     assert result.ok and result.stdout == "done\n"
-    time.sleep(0.2)
-    assert sandbox_processes() == []
+    assert eventually(lambda: sandbox_processes() == [])
 
 
-def test_pool_runs_jobs_concurrently_in_order():
+def test_pool_runs_jobs_concurrently_in_order(monkeypatch):
+    # Each run waits at a barrier for a second one before it starts: one run at a time would break
+    # the barrier (after its generous timeout) and fail the runs.
+    barrier = threading.Barrier(2, timeout=60)
+    real_run = host.run_python
+
+    def paired_run(*args, **kwargs):
+        barrier.wait()
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(host, "run_python", paired_run)
     pool = SandboxPool(workers=2)
     try:
-        start = time.monotonic()
-        results = pool.map([(f"import time\ntime.sleep(0.5)\nprint({i})", LIMITS, b"") for i in range(4)])
-        elapsed = time.monotonic() - start
+        results = pool.map([(f"print({i})", LIMITS, b"") for i in range(4)])
     finally:
         pool.shutdown()
     assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
-    assert elapsed < 4 * 0.5 + 0.5  # faster than one at a time
 
 
 def _alive(pid: int) -> bool:
@@ -265,26 +293,24 @@ def test_program_sees_only_its_own_descriptors():
 
 
 def test_fork_server_is_restarted_after_it_dies():
-    from rewards import sandbox
-
     assert run("print(1)").stdout == "1\n"
-    server = sandbox._spawner._proc
+    server = spawner._proc
     server.kill()
     server.wait()
     assert run("print(2)").stdout == "2\n"
-    assert sandbox._spawner._proc is not server and sandbox._spawner._proc.poll() is None
+    assert spawner._proc is not server and spawner._proc.poll() is None
 
 
 def test_fork_server_exits_with_its_host_and_a_forked_host_gets_its_own():
     # The host dies (SIGKILL, no clean-up): its fork server reads EOF and exits; a run it had in
     # flight dies with it (PDEATHSIG), leaving no sandbox process behind.
-    code = ("import os, sys, time\nfrom rewards import sandbox\n"
+    code = ("import os, sys, time\nfrom rewards import sandbox\nfrom rewards.sandbox.forkserver import spawner\n"
             "assert sandbox.run_python('print(1)').stdout == '1\\n'\n"
-            "print(sandbox._spawner._proc.pid, flush=True)\n"
+            "print(spawner._proc.pid, flush=True)\n"
             "child = os.fork()\n"
             "if child == 0:\n"  # a forked host must not talk to its parent's server
             "    r = sandbox.run_python('print(3)')\n"
-            "    print(r.stdout.strip(), sandbox._spawner._proc.pid, flush=True)\n"
+            "    print(r.stdout.strip(), spawner._proc.pid, flush=True)\n"
             "    os._exit(0)\n"
             "os.waitpid(child, 0)\n"
             "sandbox.run_python('import time\\ntime.sleep(100)', sandbox.Limits(wall_s=60))\n")
@@ -299,21 +325,14 @@ def test_fork_server_exits_with_its_host_and_a_forked_host_gets_its_own():
     finally:
         host.kill()
         host.wait()
-    deadline = time.monotonic() + 5
-    while (_alive(server) or sandbox_processes()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(server) and sandbox_processes() == []
+    assert eventually(lambda: not _alive(server) and sandbox_processes() == [])
 
 
 def test_a_run_whose_fork_server_dies_is_a_sandbox_error_not_a_verdict():
     # The init dies with its server, so the run ends without a report; that is the sandbox's failure
     # (a reward error), not a program that crashed.
-    import threading
-
-    from rewards import sandbox
-
     assert run("print(1)").ok
-    server = sandbox._spawner._proc
+    server = spawner._proc
     outcome: dict = {}
 
     def long_run():
@@ -333,3 +352,13 @@ def test_a_run_whose_fork_server_dies_is_a_sandbox_error_not_a_verdict():
     killed = run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
     assert not killed.ok and killed.signal == 9
     assert run("print(2)").stdout == "2\n"
+
+
+def test_programs_start_without_the_host_side_or_heavy_modules_loaded():
+    # The fork server runs inside.py alone (python -I -S): nothing of the package, of site, or of
+    # the modules that cost milliseconds per run (json, re, traceback each pull in re) is loaded.
+    result = run("import sys\nprint(sorted(sys.modules))")
+    loaded = set(eval(result.stdout))
+    assert result.ok and "_sandbox_init" in loaded, result
+    heavy = {"json", "re", "traceback", "dataclasses", "subprocess", "concurrent", "site", "typing", "inspect"}
+    assert not loaded & heavy and not any(m.startswith("rewards") for m in loaded), sorted(loaded)
