@@ -13,6 +13,7 @@ from pathlib import Path
 import ray
 
 from data_mining.bootstrap import embedded_builder
+from data_mining.datasets import DatasetError
 from data_mining.miner import Miner
 from data_mining.prompts import load_prompts
 from data_mining.tasks import check_task_names
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     model_path = checkpoint.model_dir(cfg, args.dry_run, build=embedded_builder(cfg.data))
-    train_rows, heldout_rows = load_prompts(cfg)
+    try:
+        train_rows, heldout_rows = load_prompts(cfg)
+    except DatasetError as exc:
+        sys.exit(f"error: {exc}")
     cfg = prepare_reward_config(cfg)  # a bad custom reward, route or reward model stops the run here
     if args.dry_run:
         print(describe_plan(cfg, model_path, len(train_rows), len(heldout_rows), start_step), flush=True)
