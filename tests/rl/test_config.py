@@ -21,7 +21,7 @@ from rl.config import (
 from data_mining.tasks import check_task_names
 from rewards.registry import check_routes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_CPU = ROOT / "configs" / "tiny_cpu.yaml"
 
 

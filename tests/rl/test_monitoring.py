@@ -23,7 +23,7 @@ import run_rl
 from rl.config import ConfigError, MonitorConfig, load_config
 from rl.metrics import MetricsLog, PhaseTimer, Progress, ray_metric, scalars
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 

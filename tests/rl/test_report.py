@@ -14,7 +14,7 @@ from matplotlib.image import imread
 
 from rl.report import ReportError, ReportWarning, by_step, moving_average, write_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOMAINS = ("math", "code")
 STEPS = 60
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
