@@ -119,7 +119,9 @@ class TrainerWorker:
             optimizer, lambda i: lr_factor(i, self.cfg, total_steps * self.cfg.updates_per_step)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.replay = RoutingReplay(self.accelerator.unwrap_model(self.model))
+        self.replay = RoutingReplay(
+            self.accelerator.unwrap_model(self.model), required=self.cfg.routing_replay or self.cfg.aux_loss_coef > 0
+        )
         self._agreement = [0.0, 0.0]  # matching and total token-layer routing choices this step
         self._moe: dict[str, list[torch.Tensor]] = {}  # per domain: [expert counts [L, E], entropy sum, tokens]
         self.ref_model = None
@@ -406,15 +408,18 @@ class TrainerWorker:
                 acc[2] += float(sel.sum()) * len(self.replay.used)
         if self.cfg.aux_loss_coef <= 0:
             return None
-        layers = list(self.replay.logits.values())
         aux = sum(
-            algos.group_load_balancing_loss(z, self.replay.top_k, self.cfg.aux_loss_group_size, valid) for z in layers
-        ) / len(layers)
+            algos.group_load_balancing_loss(z, self.replay.top_k, self.cfg.aux_loss_group_size, valid,
+                                            assignments=self.replay.used[layer])
+            for layer, z in self.replay.logits.items()
+        ) / len(self.replay.logits)
         return aux * (float(valid.sum()) / global_valid)
 
     def _moe_metrics(self) -> dict[str, Any]:
         """Expert load (fraction of assignments per layer and expert), its violation, router entropy."""
         out: dict[str, Any] = {}
+        if not self.replay:  # a family without a router adapter: replay, balance loss and these are off
+            return {"moe/routing_adapter": 0.0}
         if not self._moe:
             return out
         total = [sum(acc[i] for acc in self._moe.values()) for i in range(3)]
