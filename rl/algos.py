@@ -605,16 +605,19 @@ def expert_load(router_logits: Tensor, top_k: int, mask: Tensor | None = None) -
     return f
 
 
-def load_balancing_loss(router_logits: Tensor, top_k: int, mask: Tensor | None = None) -> Tensor:
+def load_balancing_loss(
+    router_logits: Tensor, top_k: int, mask: Tensor | None = None, assignments: Tensor | None = None
+) -> Tensor:
     """Switch/GShard auxiliary load-balancing loss (Fedus et al. 2021, arXiv:2101.03961;
     Lepikhin et al. 2020, arXiv:2006.16668).
 
     L = E * sum_e f_e * P_e   (f_e: assignment fraction, P_e: mean router probability, valid tokens)
 
     Minimised (= 1.0) by a uniform assignment f_e = 1/E; the gradient flows through P only.
-    Shapes: router_logits [N, E], mask [N] or None -> scalar float32.
+    Shapes: router_logits [N, E], mask [N] or None, assignments [N, k] or None (see
+    ``_router_fractions``) -> scalar float32.
     """
-    f, p = _router_fractions(router_logits, top_k, mask)
+    f, p = _router_fractions(router_logits, top_k, mask, assignments)
     return router_logits.shape[-1] * (f * p).sum()
 
 
