@@ -263,8 +263,10 @@ def test_three_rl_steps_through_the_driver(family, family_checkpoints, ray_sessi
         ray.kill(reloaded)
 
 
+# bf16 in CI for one router of each kind (sigmoid + bias + groups, dense top-1 sigmoid, softmax over
+# the chosen logits); the README's table has every family's numbers.
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["deepseek_v3", "gpt_oss", "llama4_text"])
 def test_bf16_parity_with_routing_replay(family, family_checkpoints, ray_session):
     """bf16 engine vs bf16 trainer: replay runs the engine's experts; the gap is bf16 rounding."""
     from dataclasses import asdict
