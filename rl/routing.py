@@ -122,6 +122,11 @@ class RouterAdapter:
     def route_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return _SCORING[self.scoring](logits)
 
+    def describe(self) -> str:
+        """One line for a run plan: 'deepseek_v3: router layers.N.mlp.gate, sigmoid scores (MLA, ...)'."""
+        return f"{self.family}: router layers.N.{self.router}, {self.scoring} scores" + (
+            f" ({self.notes})" if self.notes else "")
+
 
 ADAPTERS: dict[str, RouterAdapter] = {}
 

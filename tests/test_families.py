@@ -163,7 +163,9 @@ def test_an_unsupported_family_is_refused_naming_it_and_the_way_out(tmp_path):
     message = str(refused.value)
     assert "'phimoe' (PhimoeForCausalLM)" in message and "deepseek_v3" in message
     assert "train.routing_replay=false and train.aux_loss_coef=0" in message
-    assert check_supported(_model("mixtral").config) is ADAPTERS["mixtral"]
+    adapter = check_supported(_model("deepseek_v3").config)
+    assert adapter is ADAPTERS["deepseek_v3"]
+    assert adapter.describe().startswith("deepseek_v3: router layers.N.mlp.gate, sigmoid scores (MLA")
 
     from dataclasses import asdict
 
