@@ -567,11 +567,16 @@ def aggregate_loss(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _router_fractions(router_logits: Tensor, top_k: int, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def _router_fractions(
+    router_logits: Tensor, top_k: int, mask: Tensor | None, assignments: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(f [E], P [E]): fraction of top-k assignments and mean router probability per expert.
 
     f_e = #{(valid token, slot) routed to e} / (N_valid * top_k)   (no gradient: it is a count)
     P_e = mean over valid tokens of softmax(router_logits)_e       (carries the gradient)
+
+    The routed experts are `assignments` [N, k] when given (the experts the forward ran, e.g. chosen
+    with a correction bias or group limit), else the top-k of softmax(router_logits).
     """
     num_tokens, num_experts = router_logits.shape
     if not 1 <= top_k <= num_experts:
@@ -581,7 +586,7 @@ def _router_fractions(router_logits: Tensor, top_k: int, mask: Tensor | None) ->
     else:
         valid = mask != 0  # [N]
     probs = torch.softmax(router_logits.float(), dim=-1)  # [N, E]
-    chosen = torch.topk(probs.detach(), top_k, dim=-1).indices  # [N, k]
+    chosen = torch.topk(probs.detach(), top_k, dim=-1).indices if assignments is None else assignments  # [N, k]
     slots = torch.zeros_like(probs).scatter_(1, chosen, 1.0)  # [N, E] 1 where expert e is in the top-k
     n_valid = valid.sum().clamp(min=1)
     f = torch.where(valid.unsqueeze(-1), slots, 0).sum(0) / (n_valid * top_k)  # [E]
@@ -600,21 +605,25 @@ def expert_load(router_logits: Tensor, top_k: int, mask: Tensor | None = None) -
     return f
 
 
-def load_balancing_loss(router_logits: Tensor, top_k: int, mask: Tensor | None = None) -> Tensor:
+def load_balancing_loss(
+    router_logits: Tensor, top_k: int, mask: Tensor | None = None, assignments: Tensor | None = None
+) -> Tensor:
     """Switch/GShard auxiliary load-balancing loss (Fedus et al. 2021, arXiv:2101.03961;
     Lepikhin et al. 2020, arXiv:2006.16668).
 
     L = E * sum_e f_e * P_e   (f_e: assignment fraction, P_e: mean router probability, valid tokens)
 
     Minimised (= 1.0) by a uniform assignment f_e = 1/E; the gradient flows through P only.
-    Shapes: router_logits [N, E], mask [N] or None -> scalar float32.
+    Shapes: router_logits [N, E], mask [N] or None, assignments [N, k] or None (see
+    ``_router_fractions``) -> scalar float32.
     """
-    f, p = _router_fractions(router_logits, top_k, mask)
+    f, p = _router_fractions(router_logits, top_k, mask, assignments)
     return router_logits.shape[-1] * (f * p).sum()
 
 
 def group_load_balancing_loss(
-    router_logits: Tensor, top_k: int, group_size: int, mask: Tensor | None = None
+    router_logits: Tensor, top_k: int, group_size: int, mask: Tensor | None = None,
+    assignments: Tensor | None = None,
 ) -> Tensor:
     """EP-group load-balancing loss (Pangu Ultra MoE, Huawei 2025, arXiv:2505.04519).
 
@@ -623,13 +632,14 @@ def group_load_balancing_loss(
     Balancing only across devices leaves experts inside a device free to specialise. group_size = 1
     is exactly ``load_balancing_loss``; group_size = E gives the constant 1.
 
-    Shapes: router_logits [N, E], mask [N] or None -> scalar float32. ValueError if E % group_size.
+    Shapes: router_logits [N, E], mask [N] or None, assignments [N, k] or None (see
+    ``_router_fractions``) -> scalar float32. ValueError if E % group_size.
     """
     num_experts = router_logits.shape[-1]
     if group_size < 1 or num_experts % group_size != 0:
         raise ValueError(f"group_size {group_size} must be >= 1 and divide the expert count {num_experts}")
     num_groups = num_experts // group_size
-    f, p = _router_fractions(router_logits, top_k, mask)
+    f, p = _router_fractions(router_logits, top_k, mask, assignments)
     f_g = f.view(num_groups, group_size).sum(-1)  # [G]
     p_g = p.view(num_groups, group_size).sum(-1)  # [G]
     return num_groups * (f_g * p_g).sum()

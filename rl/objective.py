@@ -107,6 +107,7 @@ class MicroBatch:
     ref_logprobs: Tensor | None = None  # frozen reference, when the KL term is on
     router_logits: list[Tensor] = field(default_factory=list)  # per MoE layer [B * S, E], with graph
     router_mask: Tensor | None = None  # [B * S] real (prompt + completion) tokens
+    router_assignments: list[Tensor] = field(default_factory=list)  # per MoE layer, the experts run [B * S, k]
 
 
 def micro_batch_loss(
@@ -145,8 +146,10 @@ def micro_batch_loss(
     )
     if cfg.aux_loss_coef > 0 and mb.router_logits:
         valid = mb.router_mask
+        assignments = mb.router_assignments or [None] * len(mb.router_logits)
         aux = sum(
-            algos.group_load_balancing_loss(z, top_k, cfg.aux_loss_group_size, valid) for z in mb.router_logits
+            algos.group_load_balancing_loss(z, top_k, cfg.aux_loss_group_size, valid, assignments=a)
+            for z, a in zip(mb.router_logits, assignments)
         ) / len(mb.router_logits)
         aux = aux * (float(valid.sum()) / norm.valid)
         loss = loss + cfg.aux_loss_coef * aux

@@ -72,5 +72,14 @@ def load_policy(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
 
 
 def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of the weights, named as in the Hugging Face checkpoint."""
-    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
+    """Detached CPU copies of the weights, named and shaped as in the model's Hugging Face checkpoint.
+
+    transformers 5 holds some families' weights in another layout than their checkpoints (experts
+    fused into `experts.gate_up_proj [E, 2I, H]`; Mixtral's `block_sparse_moe.experts.N.w1/w2/w3`
+    renamed `mlp.experts`); its own save-time conversion turns them back, so every consumer (vLLM's
+    loader above all) sees the names and shapes it loads from disk.
+    """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+    return {name: t.contiguous() for name, t in revert_weight_conversion(model, state).items()}

@@ -29,6 +29,28 @@ def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     torch.set_num_threads(threads)
 
 
+def _native_rotary_for_strided_inputs() -> None:
+    """Route vLLM's CPU rotary embedding through its PyTorch implementation for strided inputs.
+
+    MLA (DeepSeek-V3 / Kimi-K2 / Pangu) rotates `q[..., nope:]` and a slice of the latent projection
+    in place: views that are not contiguous, which the CPU rotary kernel mis-rotates (log-prob error
+    ~1e-3 to 0.07 against transformers). Contiguous inputs keep the kernel. Idempotent.
+    """
+    from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
+
+    kernel = RotaryEmbedding.forward_cpu
+    if getattr(kernel, "_rl_strided_native", False):
+        return
+
+    def forward_cpu(self, positions, query, key=None):
+        if not query.is_contiguous() or (key is not None and not key.is_contiguous()):
+            return self.forward_native(positions, query, key)
+        return kernel(self, positions, query, key)
+
+    forward_cpu._rl_strided_native = True  # type: ignore[attr-defined]
+    RotaryEmbedding.forward_cpu = forward_cpu
+
+
 class RolloutWorker:
     """Ray actor body (wrapped with ray.remote by the driver)."""
 
@@ -38,9 +60,11 @@ class RolloutWorker:
     ) -> None:
         """An engine on `model_path` set up by `cfg` (threads, KV cache, eager mode, routing capture)."""
         _configure_cpu_engine(cfg.threads, cfg.kv_cache_gib)
+        from rl.routing import engine_overrides
         from rl.weight_sync import install_layout_recorder
 
         install_layout_recorder()
+        _native_rotary_for_strided_inputs()
         from vllm import LLM
 
         t0 = time.perf_counter()
@@ -52,6 +76,7 @@ class RolloutWorker:
             max_model_len=max_model_len,
             # Prefix caching would reuse KV computed under older weights after a sync.
             enable_prefix_caching=False,
+            hf_overrides=engine_overrides(model_path) or None,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.routing = None

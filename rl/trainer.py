@@ -81,7 +81,9 @@ class TrainerWorker:
             optimizer, lambda i: objective.lr_factor(i, cfg, total_steps * cfg.updates_per_step)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.replay = RoutingReplay(self.accelerator.unwrap_model(self.model))
+        self.replay = RoutingReplay(
+            self.accelerator.unwrap_model(self.model), required=cfg.routing_replay or cfg.aux_loss_coef > 0
+        )
         self.ref_model = None
         if cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
             self.ref_model = load_policy(ref_path or model_path, dtype).eval().requires_grad_(False)
@@ -197,6 +199,8 @@ class TrainerWorker:
             "rollout/staleness_mean": sum(staleness) / len(staleness),
             "time/train_compute": time.perf_counter() - t0,
             "policy_version": float(self.version),
+            # A family without a router adapter: replay, balance loss and expert metrics are off.
+            **({} if self.replay else {"moe/routing_adapter": 0.0}),
         }
 
     def _update(self, samples: list[Sample], old: dict | None, ref: dict | None, slice_idx: list[int],
@@ -252,6 +256,7 @@ class TrainerWorker:
             advantages=torch.tensor([s.advantage for s in chosen])[:, None].expand(-1, t),  # [b, T]
             mask=batch.completion_mask, ref_logprobs=None if ref is None else pad_rows(ref, t),
             router_logits=list(self.replay.logits.values()) if self.replay else [], router_mask=valid,
+            router_assignments=list(self.replay.used.values()) if self.replay else [],
         )
         loss, metrics = objective.micro_batch_loss(mb, self.cfg, norm, max_len=self.max_new_tokens,
                                                    top_k=self.replay.top_k)

@@ -9,9 +9,11 @@ load produced:
 1. while the engine loads, record every parameter object as the loader left it (loaded format,
    before post-processing), with its shape and dtype (`install_layout_recorder`);
 2. on sync, put those parameter objects back (fresh storage where post-processing replaced them),
-   feed the Hugging Face-named tensors through the model's own `load_weights` (which does the
-   fusing and sharding: qkv, gate/up, per-expert -> stacked experts), then run vLLM's own
-   post-processing again as a first load, so the packed handles and expert prepack are rebuilt
+   feed the tensors, named and shaped as in the checkpoint on disk (`rl.policy.hf_state_dict`:
+   per-expert weights, Mixtral's `block_sparse_moe`, MLA's low-rank projections), through the
+   model's own `load_weights` (which does the fusing and sharding: qkv, MLA's q_a + kv_a, gate/up,
+   per-expert -> stacked experts), then run vLLM's own post-processing again as a first load, so
+   the packed handles, expert prepack and MLA's absorbed kv_b matrices are rebuilt
    (`load_hf_weights`).
 
 Both run inside the process that owns the model (the rollout actor with an in-process engine, via

@@ -35,6 +35,12 @@ def test_routing_tensor_puts_position_p_of_sample_i_at_row_i_times_s_plus_p():
     assert (out[:, 3] == -1).all() and (out[:, 4:] == -1).all()  # unrecorded position, sample without routing
 
 
+def test_routing_recorded_for_another_layer_count_is_an_error():
+    r0 = np.zeros((3, 3, 2), dtype=np.int16)  # 3 layers recorded (a dense layer counted, say), the model has 2
+    with pytest.raises(ValueError, match="3 MoE layers x top-2, the trainer's model 2 x top-2"):
+        routing_tensor([r0], seq_len=4, num_layers=2, top_k=2)
+
+
 def test_forcing_the_models_own_choices_changes_nothing():
     model = _tiny_model().eval()
     replay = RoutingReplay(model)
