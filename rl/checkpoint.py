@@ -21,6 +21,7 @@ import ray
 import torch
 
 from rl.config import Config
+from rl.routing import UnsupportedFamilyError, check_supported
 
 TRAINER_STATE = "trainer_state.pt"
 RESUME = "resume.json"
@@ -56,10 +57,16 @@ def load_trainer_state(path: str | Path, optimizer: Any, scheduler: Any, rng: An
 
 
 def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
-    """The checkpoint the run starts from: model.path when it is one (checked in a dry run), else the
-    one `build` makes there (model.bootstrap); a dry run only says it is to be built."""
+    """The checkpoint the run starts from: model.path when it is one (checked in a dry run; a family
+    without a router adapter is refused while routing replay or the balance loss is on), else the one
+    `build` makes there (model.bootstrap); a dry run only says it is to be built."""
     path = Path(cfg.model.path)
     if (path / "config.json").exists():
+        if cfg.train.routing_replay or cfg.train.aux_loss_coef > 0:  # both need the family's router adapter
+            try:
+                check_supported(path)
+            except UnsupportedFamilyError as exc:
+                sys.exit(f"error: model.path {str(path)!r}: {exc}")
         if dry_run:
             check_model_dir(path)
         return str(path)

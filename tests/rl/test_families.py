@@ -167,7 +167,12 @@ def test_an_unsupported_family_is_refused_naming_it_and_the_way_out(tmp_path):
     assert adapter is ADAPTERS["deepseek_v3"]
     assert adapter.describe().startswith("deepseek_v3: router layers.N.mlp.gate, sigmoid scores (MLA")
 
+    # The driver refuses it at start, in a dry run too, unless replay and the balance loss are off.
+    import run_rl
 
+    base = [f"model.path={path}", f"run.dir={tmp_path}/run", "--dry-run"]
+    with pytest.raises(SystemExit, match="'phimoe'.*train.routing_replay=false"):
+        run_rl.main(base)
     from rl.config import TrainConfig
     from rl.trainer import TrainerWorker
 
