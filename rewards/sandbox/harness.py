@@ -72,11 +72,31 @@ def _strict_helpers(_type=type, _isinstance=isinstance, _len=len, _bool=bool, _z
     return cmp, truth
 
 
+def _restore(clean_builtins, modules):
+    """Undo what the candidate's top level may have done to the tests' environment: tracing and
+    profiling hooks, builtins, and the attributes of every module loaded before it ran."""
+    _sys.settrace(None)
+    _sys.setprofile(None)
+    _threading.settrace(None)
+    _threading.setprofile(None)
+    current_builtins = vars(_builtins)
+    for name in [k for k in current_builtins if k not in clean_builtins]:
+        del current_builtins[name]
+    current_builtins.update(clean_builtins)
+    for name, (module, saved) in modules.items():
+        _sys.modules[name] = module
+        current = vars(module)
+        for key, value in saved.items():
+            if current.get(key, _restore_missing) is not value:
+                current[key] = value
+
+
 def _run(data):
     payload = _marshal.loads(data)
     token = b"PASS " + payload.pop("nonce").encode()
     del data
     write, exit_, print_exception = _os.write, _os._exit, _sys.__excepthook__
+    restore = _restore  # held before the candidate runs, like the calls above
     cmp, truth = _strict_helpers()
 
     def finish(kind, exc=None):
@@ -111,21 +131,7 @@ def _run(data):
         finish("exit", None)
     except BaseException as exc:
         finish("candidate_error", exc)
-    # Undo what the candidate's top level may have done to the tests' environment.
-    _sys.settrace(None)
-    _sys.setprofile(None)
-    _threading.settrace(None)
-    _threading.setprofile(None)
-    current_builtins = vars(_builtins)
-    for name in [k for k in current_builtins if k not in clean_builtins]:
-        del current_builtins[name]
-    current_builtins.update(clean_builtins)
-    for name, (module, saved) in modules.items():
-        _sys.modules[name] = module
-        current = vars(module)
-        for key, value in saved.items():
-            if current.get(key, _restore_missing) is not value:
-                current[key] = value
+    restore(clean_builtins, modules)
     entry = payload.get("entry_point")
     names = {k: v for k, v in main.__dict__.items()
              if not (k.startswith("__") and k.endswith("__")) and (k not in clean_builtins or k == entry)}
