@@ -34,13 +34,10 @@ from rl import objective
 from rl.checkpoint import load_trainer_state, save_trainer_state
 from rl.config import TrainConfig
 from rl.objective import MicroBatch, Normalisers, StepStats, pad_rows
-from rl.policy import CompletionBatch, completion_logprobs, hf_state_dict, load_policy
-from rl.routing import RoutingReplay, routing_tensor
+from rl.policy import CompletionBatch, hf_state_dict, load_policy
+from rl.routing import RoutingReplay
+from rl.scoring import PolicyScorer, chunks
 from rl.types import Sample
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _pick(by_index: dict[int, torch.Tensor] | None, idx: list[int]) -> list[torch.Tensor] | None:
@@ -84,6 +81,7 @@ class TrainerWorker:
         self.replay = RoutingReplay(
             self.accelerator.unwrap_model(self.model), required=cfg.routing_replay or cfg.aux_loss_coef > 0
         )
+        self.scorer = PolicyScorer(self.model, self.replay, self.pad_id, cfg.micro_batch_samples, cfg.routing_replay)
         self.ref_model = None
         if cfg.kl_coef > 0:  # a frozen copy only when the KL term is on
             self.ref_model = load_policy(ref_path or model_path, dtype).eval().requires_grad_(False)
@@ -91,77 +89,14 @@ class TrainerWorker:
 
     # ---- log-probs -------------------------------------------------------------------------------
 
-    def _recorded_routing(self, samples: list[Sample], batch: CompletionBatch) -> torch.Tensor | None:
-        """The rollout's expert choices for `batch` as [layers, B * S, k], or None when a sample has none."""
-        if not self.replay or any(s.routed_experts is None for s in samples):
-            return None
-        return routing_tensor(
-            [s.routed_experts for s in samples], batch.input_ids.shape[1], self.replay.num_layers, self.replay.top_k
-        )
-
-    def _policy_logprobs(
-        self, samples: list[Sample], batch: CompletionBatch, with_entropy: bool, stats: StepStats | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Completion log-probs under the policy, on the rollout's experts when routing replay is on.
-
-        With `stats`, counts there how often the policy's own expert choices agree with the rollout's.
-        """
-        recorded = self._recorded_routing(samples, batch)
-        with self.replay.apply(recorded if self.cfg.routing_replay else None):
-            out = completion_logprobs(self.model, batch, with_entropy=with_entropy)
-        if stats is not None and recorded is not None:
-            stats.add_agreement(*self.replay.agreement(recorded, batch.attention_mask.flatten().bool()))
-        return out
-
-    @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, samples: list[Sample], idx: list[int],
-                  stats: StepStats | None = None) -> dict[int, torch.Tensor]:
-        """Completion log-probs of the samples at `idx` under `model`, keyed by index."""
-        model.eval()
-        out = {}
-        for chunk_idx in _chunks(idx, self.cfg.micro_batch_samples):
-            chunk = [samples[i] for i in chunk_idx]
-            batch = CompletionBatch.from_samples(chunk, self.pad_id)
-            if model is self.model:
-                logprobs, _ = self._policy_logprobs(chunk, batch, with_entropy=False, stats=stats)  # [b, T]
-            else:
-                logprobs, _ = completion_logprobs(model, batch)  # [b, T]
-            out.update((i, logprobs[row, : len(s.completion_ids)]) for row, (i, s) in enumerate(zip(chunk_idx, chunk)))
-        return out
-
-    @torch.no_grad()
     def routing_report(self, samples: list[Sample]) -> dict[str, float]:
-        """Diagnose rollout/trainer agreement on `samples` without updating anything.
-
-        Returns the log-prob gap to the rollout (max, mean), the fraction of token-layer expert
-        choices where the policy's own routing matches the rollout's, and the fraction where the
-        experts the forward actually ran match it (1.0 with routing replay on).
-        """
-        self.model.eval()
-        gaps, own, used = [], StepStats(), StepStats()
-        for chunk in _chunks(samples, self.cfg.micro_batch_samples):
-            batch = CompletionBatch.from_samples(chunk, self.pad_id)
-            logprobs, _ = self._policy_logprobs(chunk, batch, with_entropy=False, stats=None)  # [b, T]
-            gaps += objective.token_gaps(logprobs, objective.rollout_logprobs(chunk, logprobs.shape[1]),
-                                         [len(s.completion_ids) for s in chunk])
-            recorded = self._recorded_routing(chunk, batch)
-            if recorded is not None:
-                valid = batch.attention_mask.flatten().bool()
-                own.add_agreement(*self.replay.agreement(recorded, valid, used=False))
-                used.add_agreement(*self.replay.agreement(recorded, valid, used=True))
-        gap = torch.cat(gaps)
-        return {
-            "logprob_abs_diff_max": gap.max().item(),
-            "logprob_abs_diff_mean": gap.mean().item(),
-            "routing_agreement": own.agreement[0] / own.agreement[1] if own.agreement[1] else float("nan"),
-            "routing_used_agreement": used.agreement[0] / used.agreement[1] if used.agreement[1] else float("nan"),
-            "token_layer_pairs": used.agreement[1],
-        }
+        """Rollout/trainer agreement on `samples`, nothing updated (`PolicyScorer.routing_report`)."""
+        return self.scorer.routing_report(samples)
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-prob of every token after the first, the trainer-side twin of the rollout method."""
         samples = [Sample("", "", "", seq[:1], completion_ids=seq[1:]) for seq in sequences]
-        logprobs = self._logprobs(self.model, samples, list(range(len(samples))))
+        logprobs = self.scorer.logprobs(self.model, samples, list(range(len(samples))))
         return [logprobs[i].tolist() for i in range(len(samples))]
 
     # ---- update ----------------------------------------------------------------------------------
@@ -175,14 +110,14 @@ class TrainerWorker:
         staleness = [self.version - s.policy_version for s in samples]  # policy versions behind
         order = list(range(len(samples)))
         self.rng.shuffle(order)  # the same seed, so the same order, in every process
-        slices = _chunks(order, math.ceil(len(order) / cfg.updates_per_step))
+        slices = chunks(order, math.ceil(len(order) / cfg.updates_per_step))
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         shares = [objective.process_share(samples, slice_idx, rank, world) for slice_idx in slices]
         mine = sorted(i for share in shares for i in share)  # this process's samples, in batch order
         # With one optimiser step per batch the training forward runs on the pre-update weights, so
         # its detached log-probs are the "old" ones; more steps need them computed up front.
-        old = self._logprobs(self.model, samples, mine, stats) if cfg.updates_per_step > 1 else None
-        ref = self._logprobs(self.ref_model, samples, mine) if self.ref_model is not None else None
+        old = self.scorer.logprobs(self.model, samples, mine, stats) if cfg.updates_per_step > 1 else None
+        ref = self.scorer.logprobs(self.ref_model, samples, mine) if self.ref_model is not None else None
         self.model.train()
         for slice_idx, share in zip(slices, shares):
             self._update(samples, old, ref, slice_idx, share, stats)
@@ -213,7 +148,7 @@ class TrainerWorker:
         # DDP averages the gradients over the processes; each share's loss is a part of the slice's
         # sum, so scaling by the number of processes makes the average that sum's gradient.
         scale = float(self.accelerator.num_processes)
-        micros = _chunks(share, self.cfg.micro_batch_samples)
+        micros = chunks(share, self.cfg.micro_batch_samples)
         if not micros:  # every process must join the synchronising backward: one sample, weight 0
             micros, scale, stats, old, ref = [slice_idx[:1]], 0.0, StepStats(), None, None
         loss = 0.0
@@ -241,7 +176,7 @@ class TrainerWorker:
         """
         batch = CompletionBatch.from_samples(chosen, self.pad_id)
         t = batch.completion_mask.shape[1]
-        logprobs, entropy = self._policy_logprobs(
+        logprobs, entropy = self.scorer.forward(
             chosen, batch, with_entropy=True, stats=stats if old is None and scale > 0 else None
         )  # [b, T]
         old_lp = logprobs.detach() if old is None else pad_rows(old, t)  # [b, T]

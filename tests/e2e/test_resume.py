@@ -38,7 +38,7 @@ def _samples(trainer: TrainerWorker) -> list[Sample]:
         Sample("c", "math", "", [20, 21], completion_ids=[22, 0], reward=1.0),
         Sample("c", "math", "", [20, 21], completion_ids=[23, 24, 0], reward=0.0),
     ]
-    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples, list(range(len(samples)))).values()):
+    for s, lp in zip(samples, trainer.scorer.logprobs(trainer.model, samples, list(range(len(samples)))).values()):
         s.rollout_logprobs = lp.tolist()
     return samples
 

@@ -20,7 +20,7 @@ def _samples(trainer: TrainerWorker, shift: float = 0.0) -> list[Sample]:
         Sample("b", "code", "", [11, 12], completion_ids=[13, 14, 15, 0], reward=0.0),
         Sample("b", "code", "", [11, 12], completion_ids=[16, 0], reward=1.0),
     ]
-    for s, lp in zip(samples, trainer._logprobs(trainer.model, samples, list(range(len(samples)))).values()):
+    for s, lp in zip(samples, trainer.scorer.logprobs(trainer.model, samples, list(range(len(samples)))).values()):
         s.rollout_logprobs = (lp - shift).tolist()
     return samples
 
