@@ -39,6 +39,7 @@ from rewards.registry import (
     RewardFn,
     RewardResult,
     Routes,
+    awaited,
     batch_limit,
     combine,
     get_reward,
@@ -79,10 +80,6 @@ def _settle(future: Future, value: Any = None, exc: BaseException | None = None)
         pass
 
 
-async def _awaited(value: Any) -> Any:
-    return await value
-
-
 class _Call:
     """One call of one reward: a sample, or a list of samples for a batched reward."""
 
@@ -114,7 +111,7 @@ class _Call:
         try:
             value = self.fn(self.arg)
             if inspect.isawaitable(value):
-                value = asyncio.run(_awaited(value))
+                value = asyncio.run(awaited(value))
             _settle(self.future, value)
         except BaseException as exc:  # noqa: BLE001 - even SystemExit from a reward costs only its samples
             _settle(self.future, exc=exc)

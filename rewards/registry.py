@@ -196,7 +196,8 @@ def route_for(sample: Sample, routes: Routes) -> list[tuple[str, float]]:
     return route
 
 
-async def _awaited(value: Any) -> Any:
+async def awaited(value: Any) -> Any:
+    """Await `value` (an awaitable a reward returned), for `asyncio.run`."""
     return await value
 
 
@@ -205,7 +206,7 @@ def call_reward(fn: RewardFn, sample: Sample) -> RewardResult | None:
     limit = batch_limit(fn)
     value = fn([sample] if limit is not None else sample)
     if inspect.isawaitable(value):
-        value = asyncio.run(_awaited(value))
+        value = asyncio.run(awaited(value))
     if limit is not None:
         if not isinstance(value, list) or len(value) != 1:
             raise TypeError(f"batched reward returned {value!r} for 1 sample; expected a list of 1 result")

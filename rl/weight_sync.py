@@ -112,14 +112,3 @@ def load_hf_weights(model: torch.nn.Module, weights: Iterable[tuple[str, torch.T
     _release_replaced(layout)
     return len(weights)
 
-
-def logprob_gap(rollout_logprobs: list[list[float]], trainer_logprobs: list[list[float]]) -> tuple[float, float]:
-    """Max and mean absolute difference between two sets of per-token log-probs."""
-    diffs = [
-        abs(a - b)
-        for seq_a, seq_b in zip(rollout_logprobs, trainer_logprobs, strict=True)
-        for a, b in zip(seq_a, seq_b, strict=True)
-    ]
-    if not diffs:
-        return 0.0, 0.0
-    return max(diffs), sum(diffs) / len(diffs)
