@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from data_mining.tasks import is_heldout
+from rl.jsonl import iter_jsonl
 
 CORE_FIELDS = ("id", "domain", "prompt", "messages")
 # Per domain: (field, accepted types, required). Types are checked on every row that has the field.
@@ -117,14 +118,7 @@ def read_rows(path: str | Path) -> Iterator[Any]:
             raise DatasetError(f"dataset {str(path)!r} is not a readable Parquet file: {exc}") from None
         yield from table.to_pylist()
     elif path.suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield exc
+        yield from (value for _, value in iter_jsonl(path))
     else:
         raise DatasetError(f"dataset {str(path)!r}: unknown format (expected .jsonl, .parquet or a directory)")
 

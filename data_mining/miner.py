@@ -27,7 +27,6 @@ only link to the policy, so the miner runs the same with Ray actors or a scripte
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections import Counter
@@ -38,6 +37,7 @@ from typing import Any, Callable
 from data_mining.filters import filter_groups
 from data_mining.ledger import BANDS, Ledger
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
+from data_mining.sampler import weighted_sample as _weighted_sample
 from rl.config import Config, MiningConfig
 from rl.types import Sample
 
@@ -66,12 +66,6 @@ def _useful(samples: list[Sample]) -> int:
     for s in samples:
         rewards.setdefault(s.prompt_id, set()).add(s.reward)
     return sum(len(r) > 1 for r in rewards.values())
-
-
-def _weighted_sample(rng: random.Random, items: list[tuple[str, float]], k: int) -> list[str]:
-    """k distinct items, drawn with probability proportional to weight (keys u**(1/w))."""
-    keyed = ((rng.random() ** (1.0 / w), pid) for pid, w in items if w > 0)
-    return [pid for _, pid in heapq.nlargest(k, keyed)]
 
 
 def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[str, int]:

@@ -32,6 +32,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from rl.jsonl import iter_jsonl
+
 DPI = 120
 PARITY_BAR = 1e-4  # trainer-vs-rollout log-prob gap below which the two engines count as matching
 PHASES = ("generate", "reward", "train", "sync")  # the top-level phases that partition a step
@@ -88,21 +90,13 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     skipped rather than failing the whole report.
     """
     records, skipped = [], []
-    with path.open() as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                record, reason = None, err.msg
-            else:
-                reason = "not a JSON object"
-            if not isinstance(record, dict):
-                warnings.warn(f"{path}: skipping malformed line {lineno} ({reason})", ReportWarning, stacklevel=2)
-                skipped.append(lineno)
-                continue
-            records.append(record)
+    for lineno, record in iter_jsonl(path):
+        if not isinstance(record, dict):
+            reason = record.msg if isinstance(record, json.JSONDecodeError) else "not a JSON object"
+            warnings.warn(f"{path}: skipping malformed line {lineno} ({reason})", ReportWarning, stacklevel=2)
+            skipped.append(lineno)
+            continue
+        records.append(record)
     return records, skipped
 
 
