@@ -37,7 +37,7 @@ from typing import Any, Callable
 from data_mining.filters import filter_groups
 from data_mining.ledger import BANDS, Ledger
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
-from data_mining.sampler import weighted_sample as _weighted_sample
+from data_mining.sampler import weighted_sample
 from rl.config import Config, MiningConfig
 from rl.types import Sample
 
@@ -169,7 +169,7 @@ class Miner:
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
         quotas = apportion(n, self.domain_shares(), {d: len(c) for d, c in candidates.items()})
-        picked = [p for d in sorted(quotas) for p in _weighted_sample(self.rng, candidates[d], quotas[d])]
+        picked = [p for d in sorted(quotas) for p in weighted_sample(self.rng, candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
 
     def plan_step(self, step: int) -> "StepFill":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import random
 from dataclasses import replace
 
 import pytest
@@ -12,42 +11,7 @@ from data_mining.ledger import export
 from data_mining.miner import Miner, apportion
 from rl.config import MiningConfig
 from rl.types import Sample
-
-GROUP = 8
-PER_STEP = 8
-
-
-def pool(n_each: int = 30) -> tuple[list[dict], dict[str, float]]:
-    """One third solved (p=1), one third impossible (p=0), one third learnable (p=0.5)."""
-    rows, truth = [], {}
-    for kind, p in (("solved", 1.0), ("impossible", 0.0), ("learnable", 0.5)):
-        for i in range(n_each):
-            pid = f"{kind}:{i}"
-            rows.append({"id": pid, "domain": "math", "prompt": pid, "reference": {}})
-            truth[pid] = p
-    return rows, truth
-
-
-class ScriptedPolicy:
-    """generate_and_score: n Samples per row, each passing with the prompt's probability."""
-
-    def __init__(self, truth: dict[str, float], seed: int = 0) -> None:
-        self.truth, self.rng, self.rollouts = truth, random.Random(seed), 0
-
-    def __call__(self, rows: list[dict], n: int) -> list[Sample]:
-        out = []
-        for row in rows:
-            for k in range(n):
-                passed = self.rng.random() < self.truth[row["id"]]
-                out.append(Sample(row["id"], row["domain"], row["prompt"], [1], group_index=k,
-                                  reward=float(passed), passed=passed))
-        self.rollouts += len(out)
-        return out
-
-
-def run(miner: Miner, policy: ScriptedPolicy, steps: int, start: int = 0) -> list[list[Sample]]:
-    return [miner.next_batch(step, policy).train for step in range(start, start + steps)]
-
+from tests.data_mining.scripted import GROUP, PER_STEP, ScriptedPolicy, pool, run
 
 def variance_share(batches: list[list[Sample]]) -> float:
     """Share of the groups used for updates whose rewards are not all equal."""

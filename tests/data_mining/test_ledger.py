@@ -16,9 +16,9 @@ from data_mining.ledger import Ledger, export
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from rl.config import MiningConfig
-from tests.test_miner import GROUP, PER_STEP, ScriptedPolicy, pool, run
+from tests.data_mining.scripted import GROUP, PER_STEP, ScriptedPolicy, pool, run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_decayed_pass_rate_and_bands():

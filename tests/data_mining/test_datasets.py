@@ -18,7 +18,7 @@ from data_mining.datasets import (
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from rl.config import MiningConfig
-from tests.test_miner import ScriptedPolicy
+from tests.data_mining.scripted import ScriptedPolicy
 
 GOOD = [
     {"id": "m1", "domain": "math", "prompt": "1+1=", "answer": "2"},
