@@ -94,14 +94,15 @@ def get_reward(name: str) -> RewardFn:
 
 
 def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
-    """`"math=math,format:0.1"` -> `("math", [("math", 1.0), ("format", 0.1)])`; ValueError if malformed."""
+    """`"math=math,format:0.1"` -> `("math", [("math", 1.0), ("format", 0.1)])`; a reward named with a
+    mode keeps it (`"instruction=instruction:loose"`); ValueError if malformed."""
     domain, sep, rewards_text = text.partition("=")
     domain = domain.strip()
     if not sep or not domain or not rewards_text.strip():
         raise ValueError(f"route {text!r}: expected DOMAIN=REWARD[:WEIGHT][,REWARD[:WEIGHT]...]")
     routes = []
     for item in rewards_text.split(","):
-        name, _, weight = item.strip().partition(":")
+        name, weight = _name_and_weight(item.strip())
         if not name:
             raise ValueError(f"route {text!r}: empty reward name")
         try:
@@ -109,6 +110,18 @@ def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
         except ValueError:
             raise ValueError(f"route {text!r}: weight {weight!r} is not a number") from None
     return domain, routes
+
+
+def _name_and_weight(item: str) -> tuple[str, str]:
+    """`"math:0.1"` -> `("math", "0.1")`. A registered reward whose name holds a colon (a mode,
+    `"instruction:loose"`) keeps it, with an optional weight after it (`"instruction:loose:0.5"`)."""
+    head, _, last = item.rpartition(":")
+    if item in REWARDS or not head:
+        return item, ""
+    if head in REWARDS or ":" not in head:
+        return head, last
+    name, _, weight = item.partition(":")
+    return name, weight
 
 
 def resolve_routes(routes: Iterable[str] | Mapping[str, list[tuple[str, float]]] = ()) -> Routes:
