@@ -56,7 +56,7 @@ _PRONOUNS = frozenset(
     "everything nobody nothing somebody someone something each either neither both all some any none".split()
 )
 _VERBS = frozenset(
-    "be have do say get make go know take see come think look want give use find tell ask work seem feel "
+    "be is are was were am been have has had do does did say get make go know take see come think look want give use find tell ask work seem feel "
     "try leave call keep let begin help talk turn start show hear play run move like live believe hold "
     "bring happen write provide sit stand lose pay meet include continue set learn change lead understand "
     "watch follow stop create speak read allow add spend grow open walk win offer remember love consider "
@@ -70,7 +70,8 @@ _VERBS = frozenset(
     "visit wake warn wear welcome wish wonder worry avoid break celebrate close cover deliver enter "
     "forget hope improve increase invite keep kick knock laugh lift listen mark mind miss need order "
     "plant point prefer promise protect push relax remove rest rush shout smile step study support "
-    "suppose surprise teach throw touch train treat type wander")
+    "suppose surprise teach throw touch train treat type wander".split()
+)
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 _EUROPEAN_CAPITALS = (
     "Reykjavik Helsinki Oslo Tallinn Stockholm Riga Moscow Copenhagen Vilnius Minsk Dublin Berlin Amsterdam "
@@ -114,15 +115,21 @@ def syllables(word: str) -> int:
     return max(count, 1)
 
 
+_VERB_SUFFIXES = {  # ending -> ways back to the base form ("drop" these letters, then "add")
+    "ies": ((3, "y"),), "ied": ((3, "y"),), "es": ((2, ""), (1, "")), "s": ((1, ""),),
+    "ing": ((3, ""), (3, "e"), (4, "")), "ed": ((2, ""), (1, ""), (3, "")),
+}
+
+
 def _is_verb(word: str) -> bool:
-    """`word` is a common verb in its base, -s, -ing or -ed form."""
+    """`word` is a common verb in its base, -s, -ing or -ed form ("writes", "making", "stopped")."""
     word = word.lower()
-    stems = {word, word[:-1], word[:-2], word[:-3], word[:-3] + "e", word[:-2] + "e", word[:-1] + "e"}
-    if word.endswith("ies"):
-        stems.add(word[:-3] + "y")
-    if word.endswith("ied"):
-        stems.add(word[:-3] + "y")
-    return any(s in _VERBS for s in stems if s)
+    if word in _VERBS:
+        return True
+    for ending, ways in _VERB_SUFFIXES.items():
+        if word.endswith(ending) and any(len(word) - cut >= 2 and word[: len(word) - cut] + add in _VERBS for cut, add in ways):
+            return True
+    return False
 
 
 # --- counts ---------------------------------------------------------------------------------------
