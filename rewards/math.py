@@ -37,7 +37,10 @@ _INTEGER = re.compile(r"\s*-?\d+\s*")
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _DIGIT_GROUP = re.compile(r"(?<=\d)(?:\{,\}|\\[,!;: ]|\\,\s?|~)(?=\d{3}(?!\d))")  # 1{,}234, 1\,234
 _CURRENCY = re.compile(r"\\\$\s*|[€£¥₹]\s*|\\(?:euro|pounds?|yen)\b\s*|\b(?:USD|EUR|GBP)\s*")
-_DOLLAR_AMOUNT = re.compile(r"(?<![\\$\w])\$(?=\d[\d,]*(?:\.\d+)?(?![\d,.]*\$))")  # "$5" in prose
+# "$5" in prose: a dollar sign before a number with no closing `$` later on its line, or followed by
+# a word ("$5 and $7"); "$12\pi$" and "$3 + 4 = 7$" are math.
+_DOLLAR_AMOUNT = re.compile(r"(?<![\\$\w])\$(?=\d[\d,]*(?:\.\d+)?(?:[^$\n]*$|\s+[A-Za-z]{2,}))", re.MULTILINE)
+_PERCENT = re.compile(r"\s*(?:\\?%|\s(?:percent|per cent)\b)")
 # A tuple or interval of plain numbers in prose, "(3, -4)" or "[0, 1)": wrapped in $...$ so that
 # Math-Verify's LaTeX extraction reads it as one object.
 _PLAIN_TUPLE = re.compile(
@@ -48,6 +51,9 @@ _VALUE = r"(\$[^$\n]+\$|\\\([^\n]+?\\\)|-?\d+(?:\.\d+)?(?:/\d+)?%?)"
 # Two values offered as alternatives: "3 or 5", "$x=2$ or $x=3$", "x = 3 or x = -3".
 _ALTERNATIVES = re.compile(rf"{_VALUE}\s*,?\s*\bor\b\s*(?:[a-zA-Z]\s*=\s*)?{_VALUE}")
 _ANSWER_WORD = re.compile(r"answer", re.IGNORECASE)
+# "answer" that does not introduce one ("to find the answer, we try 3"): Math-Verify would take the
+# number after it over the final one, so the word is hidden from its anchors.
+_PASSING_ANSWER = re.compile(r"\banswer(?!s?\W{0,3}(?:is|was|will be|would be|:|=|\*\*|\$|\\))", re.IGNORECASE)
 
 # Math-Verify's own timeouts use SIGALRM, which only the main thread may set: elsewhere (a Ray actor
 # with threads, a thread pool) they run without one, and answers are capped in length instead so
@@ -174,12 +180,14 @@ def _offers_alternatives(statement: str) -> bool:
 
 
 def _final_statement(tail: str) -> str:
-    """The part of the tail that states the answer: from the last "answer" on, else the last line."""
-    anchors = list(_ANSWER_WORD.finditer(tail))
-    if anchors:
-        return tail[anchors[-1].start() :]
+    """The part of the tail that states the answer: the last line, from its last "answer" on, else
+    its last sentence (reasoning before it may weigh "3 or 4" without hedging)."""
     lines = [line for line in tail.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    last = lines[-1] if lines else ""
+    anchors = list(_ANSWER_WORD.finditer(last))
+    if anchors:
+        return last[anchors[-1].start() :]
+    return re.split(r"(?<=[.!?])\s+(?=\S)", last.strip())[-1]
 
 
 def final_answer(completion: str) -> FinalAnswer:
@@ -193,7 +201,7 @@ def final_answer(completion: str) -> FinalAnswer:
         hedged = len(_distinct(parsed)) > 1
         return FinalAnswer(boxes[-1], tuple(parsed[-1]), hedged, boxes)
     tail = text[-_TAIL_CHARS:]
-    parsed = _parse_text(tail)
+    parsed = _parse_text(_PASSING_ANSWER.sub("reply", tail))
     if not parsed:
         return FinalAnswer(None)
     answer_text = parsed[-1] if isinstance(parsed[-1], str) else str(parsed[0])
@@ -238,7 +246,19 @@ def completion_correct(completion: str, reference: str) -> tuple[bool, FinalAnsw
         return bool(found.boxes) and _joined_boxes_match(found, gold), found
     if found.boxes and _INTEGER.fullmatch(found.text) and _INTEGER.fullmatch(reference):
         return int(found.text) == int(reference), found  # the common `\boxed{42}` case, no SymPy
-    return _same(gold, list(found.parsed)), found
+    if _same(gold, list(found.parsed)):
+        return True, found
+    return _percent_match(found.text, reference, gold), found
+
+
+def _percent_match(answer: str, reference: str, gold: list) -> bool:
+    """A percentage on either side also matches as its bare number (`12.5\\%` == `12.5`): Math-Verify
+    compares `12.5\\%` only as 0.125 when the number is not an integer."""
+    if _PERCENT.search(answer):
+        return _same(gold, _parse_answer(_PERCENT.sub("", answer)))
+    if _PERCENT.search(reference):
+        return _same(_parse_answer(_PERCENT.sub("", reference)), _parse_answer(answer))
+    return False
 
 
 @reward("math")

@@ -125,6 +125,15 @@ COMPLETIONS = [
     ("\\boxed{3}, that is \\boxed{3.0}", "3", True),  # the same value twice is no hedge
     ("\\boxed{2} and \\boxed{3}", "\\{2, 3\\}", True),  # both roots asked for
     ("x = 3 or x = -3 fail the check, so the answer is 3.", "3", True),
+    ("To find the answer, we check whether x is 3 or 4.\nTesting shows x = 4.", "4", True),  # no anchor
+    ("We check whether x is 3 or 4. Testing shows x = 4.", "4", True),  # weighing options is no hedge
+    # percentages with a decimal part, currency and math dollar signs
+    ("So the discount is \\boxed{12.5\\%}.", "12.5", True),
+    ("So the discount is \\boxed{12.5\\%}.", "0.125", True),
+    ("So the discount is \\boxed{12.5\\%}.", "1.25", False),
+    ("The area is $12\\pi$ square units.", "12\\pi", True),
+    ("The area is $12\\pi$ square units.", "12", False),
+    ("She pays $5 and $7 more, so $12 in all.", "12", True),
 ]
 
 
