@@ -152,8 +152,9 @@ def _same(gold: list, predicted: list) -> bool:
 
 @dataclass(frozen=True)
 class FinalAnswer:
-    """What `final_answer` found: the answer's text (None when there is none) and whether the
-    completion offers several different final answers (a hedge, scored 0)."""
+    """What `final_answer` found: the answer's text (None when there is none), Math-Verify's parse of
+    it (empty for a single box, parsed only if it is compared), whether the completion offers
+    several different final answers (a hedge, scored 0) and the boxes' contents."""
 
     text: str | None
     parsed: tuple = ()
@@ -197,6 +198,8 @@ def final_answer(completion: str) -> FinalAnswer:
     if boxes:
         if any(len(b) > _MAX_ANSWER_CHARS for b in boxes) or not boxes[-1]:
             return FinalAnswer(None, boxes=boxes)
+        if len(set(boxes)) == 1:  # one box (or the same text boxed again): parsed when compared
+            return FinalAnswer(boxes[-1], (), False, boxes)
         parsed = [_parse_answer(b) for b in boxes]
         hedged = len(_distinct(parsed)) > 1
         return FinalAnswer(boxes[-1], tuple(parsed[-1]), hedged, boxes)
@@ -246,7 +249,7 @@ def completion_correct(completion: str, reference: str) -> tuple[bool, FinalAnsw
         return bool(found.boxes) and _joined_boxes_match(found, gold), found
     if found.boxes and _INTEGER.fullmatch(found.text) and _INTEGER.fullmatch(reference):
         return int(found.text) == int(reference), found  # the common `\boxed{42}` case, no SymPy
-    if _same(gold, list(found.parsed)):
+    if _same(gold, list(found.parsed) or _parse_answer(found.text)):
         return True, found
     return _percent_match(found.text, reference, gold), found
 

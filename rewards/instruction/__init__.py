@@ -22,6 +22,7 @@ instructions followed, with one 0/1 component per instruction.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -45,6 +46,11 @@ def loose_variants(text: str) -> list[str]:
 
 
 MODES: dict[str, Callable[[str], list[str]]] = {"strict": lambda text: [text], "loose": loose_variants}
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(instruction_id: str) -> inspect.Signature:
+    return inspect.signature(INSTRUCTIONS[instruction_id])
 
 
 def parse_constraints(constraints: object) -> list[tuple[str, dict]]:
@@ -71,7 +77,7 @@ def parse_constraints(constraints: object) -> list[tuple[str, dict]]:
             raise ValueError(f"instruction {index}:{iid}: kwargs must be an object, got {kwargs!r}")
         kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
         try:
-            inspect.signature(INSTRUCTIONS[iid]).bind("", **kwargs)
+            _signature(iid).bind("", **kwargs)
         except TypeError as exc:
             raise ValueError(f"instruction {index}:{iid}: bad kwargs {kwargs}: {exc}") from None
         pairs.append((iid, kwargs))
@@ -91,7 +97,7 @@ def check_instruction(
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     try:
         # Binding first turns a missing or misspelled kwarg into an error naming the instruction.
-        inspect.signature(fn).bind(text, **kwargs)
+        _signature(instruction_id).bind(text, **kwargs)
         return any(v.strip() and bool(fn(v, **kwargs)) for v in MODES[mode](text))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"instruction {label}: bad kwargs {kwargs}: {exc}") from exc
