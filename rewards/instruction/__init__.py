@@ -22,6 +22,7 @@ instructions followed, with one 0/1 component per instruction.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from typing import Callable
@@ -72,7 +73,11 @@ def parse_constraints(constraints: object) -> list[tuple[str, dict]]:
     pairs = []
     for index, (iid, kwargs) in enumerate(zip(ids, kwargs_list)):
         if not isinstance(iid, str) or iid not in INSTRUCTIONS:
-            raise ValueError(f"instruction {index}: unknown id {iid!r}; known: {sorted(INSTRUCTIONS)}")
+            close = difflib.get_close_matches(str(iid), INSTRUCTIONS, n=3)
+            raise ValueError(
+                f"instruction {index}: unknown id {iid!r} (not an IFEval or IFBench instruction id"
+                + (f"; did you mean {', '.join(close)}?)" if close else ")")
+            )
         if kwargs is not None and not isinstance(kwargs, dict):
             raise ValueError(f"instruction {index}:{iid}: kwargs must be an object, got {kwargs!r}")
         kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}

@@ -204,3 +204,20 @@ def test_modes_are_chosen_per_route():
     assert parse_route("instruction=instruction:loose:0.5") == ("instruction", [("instruction:loose", 0.5)])
     with pytest.raises(ValueError, match="not a number"):
         parse_route("math=math:heavy")
+
+
+def test_unknown_id_is_reported_at_dataset_load(tmp_path):
+    import json
+
+    from data_mining.datasets import LoadReport, load_dataset
+
+    rows = [{"id": "ok", "domain": "instruction", "prompt": "p",
+             "constraints": {"instruction_id_list": ["count:numbers"], "kwargs": [{"N": 2}]}},
+            {"id": "bad", "domain": "instruction", "prompt": "p",
+             "constraints": {"instruction_id_list": ["count:number"], "kwargs": [{"N": 2}]}}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report = LoadReport()
+    assert [r["id"] for r in load_dataset(path, report=report)] == ["ok"]
+    assert report.reasons() == {"bad_constraints": 1}
+    assert "unknown id 'count:number'" in report.bad[0].detail and "count:numbers" in report.bad[0].detail
