@@ -112,16 +112,19 @@ def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
     return domain, routes
 
 
+# Suffixes a reward name may carry to choose a scoring mode (`instruction:loose`); any other suffix
+# after a colon is a weight.
+REWARD_MODES = ("strict", "loose")
+
+
 def _name_and_weight(item: str) -> tuple[str, str]:
-    """`"math:0.1"` -> `("math", "0.1")`. A registered reward whose name holds a colon (a mode,
-    `"instruction:loose"`) keeps it, with an optional weight after it (`"instruction:loose:0.5"`)."""
-    head, _, last = item.rpartition(":")
-    if item in REWARDS or not head:
-        return item, ""
-    if head in REWARDS or ":" not in head:
-        return head, last
-    name, _, weight = item.partition(":")
-    return name, weight
+    """`"math:0.1"` -> `("math", "0.1")`; `"instruction:loose"` -> `("instruction:loose", "")`;
+    `"instruction:loose:0.5"` -> `("instruction:loose", "0.5")`."""
+    name, _, rest = item.partition(":")
+    mode, _, weight = rest.partition(":")
+    if mode.strip() in REWARD_MODES:
+        return f"{name}:{mode.strip()}", weight.strip()
+    return name, rest
 
 
 def resolve_routes(routes: Iterable[str] | Mapping[str, list[tuple[str, float]]] = ()) -> Routes:
