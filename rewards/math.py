@@ -51,6 +51,8 @@ _VALUE = r"(\$[^$\n]+\$|\\\([^\n]+?\\\)|-?\d+(?:\.\d+)?(?:/\d+)?%?)"
 # Two values offered as alternatives: "3 or 5", "$x=2$ or $x=3$", "x = 3 or x = -3".
 _ALTERNATIVES = re.compile(rf"{_VALUE}\s*,?\s*\bor\b\s*(?:[a-zA-Z]\s*=\s*)?{_VALUE}")
 _ANSWER_WORD = re.compile(r"answer", re.IGNORECASE)
+_WHOLE_TEXT = re.compile(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}")
+_NUMBER_THEN_WORDS = re.compile(r"(-?\d+(?:\.\d+)?)\s+(?!pi\b)[A-Za-z]{2,}[A-Za-z ]*")
 # "answer" that does not introduce one ("to find the answer, we try 3"): Math-Verify would take the
 # number after it over the final one, so the word is hidden from its anchors.
 _PASSING_ANSWER = re.compile(r"\banswer(?!s?\W{0,3}(?:is|was|will be|would be|:|=|\*\*|\$|\\))", re.IGNORECASE)
@@ -105,6 +107,17 @@ def normalize_text(text: str) -> str:
 def _clean(answer: str) -> str:
     """Strip the markup a model puts around an answer: whitespace, markdown bold, a final period."""
     return answer.strip().strip("*_").strip().rstrip(".").strip().strip("*_").strip()
+
+
+def _box_answer(content: str) -> str:
+    """A box's answer: markup stripped, a box that is all `\\text{...}` unwrapped, and unit words
+    after a lone number dropped (`\\text{12 apples}` -> `12`)."""
+    answer = _clean(content)
+    whole_text = _WHOLE_TEXT.fullmatch(answer)
+    if whole_text:
+        answer = whole_text.group(1).strip()
+    with_words = _NUMBER_THEN_WORDS.fullmatch(answer)
+    return with_words.group(1) if with_words else answer
 
 
 def _timeout_s() -> int | None:
@@ -194,9 +207,9 @@ def _final_statement(tail: str) -> str:
 def final_answer(completion: str) -> FinalAnswer:
     """The completion's final answer (see the module docstring for the precedence)."""
     text = normalize_text(completion)
-    boxes = tuple(_clean(b) for b in boxed_contents(text))
+    boxes = tuple(b for b in map(_box_answer, boxed_contents(text)) if b)
     if boxes:
-        if any(len(b) > _MAX_ANSWER_CHARS for b in boxes) or not boxes[-1]:
+        if any(len(b) > _MAX_ANSWER_CHARS for b in boxes):
             return FinalAnswer(None, boxes=boxes)
         if len(set(boxes)) == 1:  # one box (or the same text boxed again): parsed when compared
             return FinalAnswer(boxes[-1], (), False, boxes)
@@ -208,9 +221,13 @@ def final_answer(completion: str) -> FinalAnswer:
     if not parsed:
         return FinalAnswer(None)
     answer_text = parsed[-1] if isinstance(parsed[-1], str) else str(parsed[0])
-    if len(answer_text) > _MAX_ANSWER_CHARS:
+    answer_text = _clean(answer_text)
+    if not answer_text or len(answer_text) > _MAX_ANSWER_CHARS:
         return FinalAnswer(None)
-    return FinalAnswer(_clean(answer_text) or None, tuple(parsed), _offers_alternatives(_final_statement(tail)))
+    statement = _final_statement(tail)
+    if re.search(re.escape(answer_text) + r"\s*(?:\\?%|percent\b)", statement):
+        answer_text += "%"  # Math-Verify's text drops the sign its value kept
+    return FinalAnswer(answer_text, tuple(parsed), _offers_alternatives(statement))
 
 
 def extract_answer(completion: str) -> str | None:

@@ -134,6 +134,13 @@ COMPLETIONS = [
     ("The area is $12\\pi$ square units.", "12\\pi", True),
     ("The area is $12\\pi$ square units.", "12", False),
     ("She pays $5 and $7 more, so $12 in all.", "12", True),
+    ("The answer is 0.5%.", "0.5", True),
+    ("The answer is 0.5%.", "5", False),
+    # units, text and empty boxes
+    ("\\boxed{\\text{12 apples}}", "12", True),
+    ("\\boxed{2 x}", "2", False),
+    ("The answer is \\boxed{3}\\boxed{}", "3", True),
+    ("\\boxed{5 \\text{ cm}}", "5", True),
 ]
 
 
