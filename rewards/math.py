@@ -5,7 +5,9 @@ The registered `math` reward finds the completion's final answer and checks it a
 which compares parsed SymPy objects: integers, decimals, fractions, `\\frac`/`\\sqrt`/`\\pi`
 expressions, tuples, sets, intervals and equations.
 
-Precedence of the final answer (`final_answer`):
+An arithmetic-only completion (numbers, `+ - * / =` and whitespace, the arithmetic family: "37-8=29")
+is read as its last number, as before, so an echoed question ("37-8") is never evaluated into its
+answer. Otherwise the final answer is found in this order (`final_answer`):
 1. `\\boxed{}` / `\\fbox{}`: the last box. Boxes with different values anywhere in the completion
    are a hedge and score 0, unless they are joined into one list ("\\boxed{2} and \\boxed{3}") and the
    reference is itself a set or tuple of that many values;
@@ -33,6 +35,11 @@ from rl.types import Sample
 
 _FIRST_INT = re.compile(r"\s*(-?\d+)")
 _INTEGER = re.compile(r"\s*-?\d+\s*")
+# A completion of the arithmetic family: numbers, + - * / = and whitespace only ("37-8=29"). Its
+# answer is its last number, not glued to a digit before it ("3-5" gives 5): Math-Verify would
+# evaluate an echoed question ("37-8") and score it correct.
+_ARITHMETIC_ONLY = re.compile(r"[\d\s+\-*/=.,]*")
+_LAST_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _DIGIT_GROUP = re.compile(r"(?<=\d)(?:\{,\}|\\[,!;: ]|\\,\s?|~)(?=\d{3}(?!\d))")  # 1{,}234, 1\,234
@@ -254,17 +261,23 @@ def answers_equivalent(answer: str, reference: str) -> bool:
     return _same(_parse_reference(reference), _parse_answer(answer))
 
 
+def _arithmetic_answer(completion: str) -> FinalAnswer:
+    """The last number of an arithmetic-only completion (see `_ARITHMETIC_ONLY`)."""
+    numbers = _LAST_NUMBER.findall(completion)
+    return FinalAnswer(numbers[-1] if numbers else None)
+
+
 def completion_correct(completion: str, reference: str) -> tuple[bool, FinalAnswer]:
     """Whether the completion's final answer equals `reference`, and what was found.
 
     A hedge is wrong, except several boxes that together equal a set or tuple reference."""
     gold = _parse_reference(reference)
-    found = final_answer(completion)
+    found = _arithmetic_answer(completion) if _ARITHMETIC_ONLY.fullmatch(completion) else final_answer(completion)
     if found.text is None:
         return False, found
     if found.hedged:
         return bool(found.boxes) and _joined_boxes_match(found, gold), found
-    if found.boxes and _INTEGER.fullmatch(found.text) and _INTEGER.fullmatch(reference):
+    if _INTEGER.fullmatch(found.text) and _INTEGER.fullmatch(reference) and not found.parsed:
         return int(found.text) == int(reference), found  # the common `\boxed{42}` case, no SymPy
     if _same(gold, list(found.parsed) or _parse_answer(found.text)):
         return True, found

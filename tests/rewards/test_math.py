@@ -158,6 +158,16 @@ def test_general_path_components():
     assert (hedge.score, hedge.components["hedged"]) == (0.0, 1.0)
 
 
+@pytest.mark.parametrize(
+    "completion,answer,correct",
+    [("37-8=29", "29", True), ("37-8=29", "37", False), ("29\n12+3=15", "29", False), ("498-601", "-103", False),
+     ("3-5", "5", True), (" 1,000 ", "1000", True)],
+)
+def test_arithmetic_completions_keep_the_last_number(completion, answer, correct):
+    # Numbers and operators only: the last number is the answer; an echoed question is not evaluated.
+    assert math_reward(_sample(completion, answer)).score == float(correct)
+
+
 def test_integer_fast_path_and_fallback():
     assert math_reward(_sample(" 42\n", 42)).components == {"correct": 1.0}
     # Not a bare integer: the final number is the answer, not the leading one.
