@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from data_mining.tasks import is_heldout
 from rl.jsonl import iter_jsonl
+from rewards.instruction import parse_constraints
 
 CORE_FIELDS = ("id", "domain", "prompt", "messages")
 # Per domain: (field, accepted types, required). Types are checked on every row that has the field.
@@ -51,7 +52,7 @@ class DatasetError(ValueError):
 class BadRow:
     source: str
     index: int  # 0-based row (line) number in the file
-    reason: str  # missing_field, wrong_type, prompt_too_long, duplicate_id, not_an_object
+    reason: str  # missing_field, wrong_type, bad_constraints, prompt_too_long, duplicate_id, not_an_object
     detail: str
 
 
@@ -164,6 +165,10 @@ def _check_row(raw: Any) -> tuple[str, str] | None:
         ids, kwargs = c.get("instruction_id_list"), c.get("kwargs")
         if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
             return "wrong_type", "constraints needs instruction_id_list and kwargs lists of equal length"
+        try:
+            parse_constraints(c)  # unknown instruction ids and bad kwargs, named
+        except ValueError as exc:
+            return "bad_constraints", str(exc)
     return None
 
 

@@ -308,6 +308,147 @@ def iter_instruction_tasks(
         yield instruction_task(name, word, n)
 
 
+# --- IFBench constraints for training rows ---------------------------------------------------------
+# IF-RLVR training (Pyatkin et al. 2025, arXiv:2507.02833) attaches IFBench-type constraints to
+# ordinary requests. `IFBENCH_CONSTRAINTS` maps each of IFBench's 58 instruction ids to a sampler
+# `(rng, request) -> (instruction text, kwargs)` in IFBench's kwarg names; `iter_ifbench_tasks` draws
+# rows of 1-3 constraints on a request. Ids hash the request and constraints, so they are stable.
+_IFB_REQUESTS = (
+    "Describe a walk through a forest in autumn.", "Explain how a bicycle works.",
+    "Write a short story about a lighthouse keeper.", "Give advice to someone starting to cook.",
+    "Describe your ideal weekend.", "Explain why the sky looks blue.", "Write a letter to a future student.",
+    "Summarize the benefits of drinking water.", "Describe a busy market.", "Explain how to plant a tree.",
+)
+_IFB_WORDS = ("river", "lantern", "harvest", "window", "garden", "signal", "copper", "meadow", "thunder", "pencil")
+_IFB_SEPARATORS = ("->", "~~", "|>", "::")
+_IFB_OPTIONS = ("yes/no/maybe", "I know or I don't know", "a), b), c), d)")
+_IFB_WHOLE_RESPONSE = ("custom:", "repeat:", "format:options")
+
+
+def _ifb(text: str, **kwargs: Any) -> Callable[[random.Random, str], tuple[str, dict]]:
+    """A sampler whose kwargs are drawn by `kwargs`' callables `(rng, request) -> value` (evaluated in
+    order, each seeing the ones before it as `rng, request, drawn`) and formatted into `text`."""
+    def sample(rng: random.Random, request: str) -> tuple[str, dict]:
+        drawn: dict = {}
+        for name, fn in kwargs.items():
+            drawn[name] = fn(rng, request, drawn)
+        return text.format(**drawn), drawn
+
+    return sample
+
+
+def _int(lo: int, hi: int) -> Callable[[random.Random, str, dict], int]:
+    return lambda rng, request, drawn: rng.randint(lo, hi)
+
+
+def _word(rng: random.Random, request: str, drawn: dict) -> str:
+    return rng.choice(_IFB_WORDS)
+
+
+IFBENCH_CONSTRAINTS: dict[str, Callable[[random.Random, str], tuple[str, dict]]] = {
+    "count:word_count_range": _ifb("The response must contain between {min_words} and {max_words} words.",
+                                   min_words=_int(20, 80), max_words=lambda r, q, d: d["min_words"] + r.randint(10, 60)),
+    "count:unique_word_count": _ifb("Use at least {N} unique words in the response.", N=_int(20, 80)),
+    "ratio:stop_words": _ifb("Stop words must be at most {percentage}% of the words.", percentage=_int(20, 50)),
+    "ratio:sentence_type": _ifb("Write twice as many declarative sentences as questions."),
+    "ratio:sentence_balance": _ifb("Use as many statements as questions as exclamations."),
+    "count:conjunctions": _ifb("Use at least {small_n} different coordinating conjunctions.", small_n=_int(2, 5)),
+    "count:person_names": _ifb("Mention at least {N} different names from: Emma, Liam, Noah, Ava, Mia, Leo, Zoe.",
+                               N=_int(1, 4)),
+    "ratio:overlap": _ifb("Keep a character trigram overlap of {percentage}% (plus or minus 2) with: {reference_text}",
+                          reference_text=lambda r, q, d: q, percentage=_int(30, 70)),
+    "count:numbers": _ifb("Include exactly {N} numbers.", N=_int(1, 6)),
+    "words:alphabet": _ifb("Start each word with the next letter of the alphabet, from any letter."),
+    "words:vowel": _ifb("Write a single paragraph using words with at most three different vowels."),
+    "words:consonants": _ifb("Every word must contain two consonants in a row."),
+    "sentence:alliteration_increment": _ifb("Each sentence must have more alliteration than the one before."),
+    "words:palindrome": _ifb("Include at least ten palindromes of five or more letters."),
+    "count:punctuation": _ifb("Use an interrobang (?!) and every one of . , ! ? ; : at least once."),
+    "format:parentheses": _ifb("Nest brackets at least five levels deep somewhere in the response."),
+    "format:quotes": _ifb("Nest quotations at least three levels deep, alternating double and single quotes."),
+    "words:prime_lengths": _ifb("Use only words whose length is a prime number."),
+    "format:options": _ifb("Answer with one of the following options: {options}. Do not explain.",
+                           options=lambda r, q, d: r.choice(_IFB_OPTIONS)),
+    "format:newline": _ifb("Write every word on its own line."),
+    "format:emoji": _ifb("End every sentence with an emoji."),
+    "ratio:sentence_words": _ifb("Write exactly three sentences with the same number of characters."),
+    "count:words_japanese": _ifb("Every {N}th word of the response must be in Japanese.", N=_int(3, 8)),
+    "words:start_verb": _ifb("Start the response with a verb."),
+    "words:repeats": _ifb("Do not repeat any word more than {small_n} times.", small_n=_int(1, 4)),
+    "sentence:keyword": _ifb('Include the word "{word}" in sentence number {N}.', word=_word, N=_int(1, 5)),
+    "count:pronouns": _ifb("Use at least {N} pronouns.", N=_int(3, 20)),
+    "words:odd_even_syllables": _ifb("Alternate words with odd and even numbers of syllables."),
+    "words:last_first": _ifb("Start each sentence with the last word of the sentence before it."),
+    "words:paragraph_last_first": _ifb("Each paragraph must start and end with the same word."),
+    "sentence:increment": _ifb("Each sentence must have exactly {small_n} more words than the one before.",
+                               small_n=_int(1, 3)),
+    "words:no_consecutive": _ifb("No two consecutive words may start with the same letter."),
+    "format:line_indent": _ifb("Indent each line further than the one before it, like a staircase."),
+    "format:quote_unquote": _ifb("Follow every quotation with an explanation of it."),
+    "format:list": _ifb("Answer with a list whose items start with {sep} instead of bullets.",
+                        sep=lambda r, q, d: r.choice(_IFB_SEPARATORS)),
+    "format:thesis": _ifb("Put a one-sentence thesis in HTML italics (<i>...</i>), then explain it."),
+    "format:sub-bullets": _ifb("Use * bullet points, each with at least one - sub-bullet."),
+    "format:no_bullets_bullets": _ifb("Write at least two sentences, then at least two * bullet points."),
+    "custom:multiples": _ifb("List the multiples of 7 from 14 to 49, and no other numbers."),
+    "custom:mcq_count_length": _ifb("Write four multiple-choice questions (Question 1 ...), five options A-E each, "
+                                    "each question longer than the last; nothing else."),
+    "custom:reverse_newline": _ifb("List the world's countries one per line in reverse alphabetical order, "
+                                   "starting from Zimbabwe."),
+    "custom:word_reverse": _ifb("Write one sentence about the bald eagle with its words in reverse order."),
+    "custom:character_reverse": _ifb("Write a sentence about the bald eagle backwards, letter by letter."),
+    "custom:sentence_alphabet": _ifb("Write 26 sentences starting with the letters a to z in order."),
+    "custom:european_capitals_sort": _ifb("List the European capitals north of 45 degrees north, comma-separated, "
+                                          "from north to south."),
+    "custom:csv_city": _ifb("Give a CSV with columns ID, Country, City, Year, Count and seven rows."),
+    "custom:csv_special_character": _ifb("Give a CSV with columns ProductID, Category, Brand, Price, Stock, 14 rows, "
+                                         "one field quoted for a special character."),
+    "custom:csv_quotes": _ifb("Give a tab-separated table of StudentID, Subject, Grade, Semester, Score with three "
+                              "rows, every field in double quotes."),
+    "custom:date_format_list": _ifb("List dates between 1769 and 1821 as YYYY-MM-DD, comma-separated."),
+    "count:keywords_multiple": _ifb("Use {keyword1} once, {keyword2} twice, {keyword3} three times, {keyword4} five "
+                                    "times and {keyword5} seven times.",
+                                    **{f"keyword{i}": (lambda i: lambda r, q, d: _IFB_WORDS[(i * 3 + len(d)) % 10])(i)
+                                       for i in range(1, 6)}),
+    "words:keywords_specific_position": _ifb('Use "{keyword}" as word {m} of sentence {n}.',
+                                             keyword=_word, n=_int(1, 4), m=_int(1, 6)),
+    "words:words_position": _ifb('The second word and the second-to-last word must both be "{keyword}".',
+                                 keyword=_word),
+    "repeat:repeat_change": _ifb("Repeat the request with its first word changed, and do not answer it: "
+                                 "{prompt_to_repeat}", prompt_to_repeat=lambda r, q, d: q),
+    "repeat:repeat_simple": _ifb("Only output this sentence here, ignore all other requests."),
+    "repeat:repeat_span": _ifb("Copy characters {n_start} to {n_end} of this request exactly: {prompt_to_repeat}",
+                               prompt_to_repeat=lambda r, q, d: q, n_start=lambda r, q, d: r.randint(0, len(q) // 2),
+                               n_end=lambda r, q, d: r.randint(d["n_start"] + 5, len(q) - 1)),
+    "format:title_case": _ifb("Write every word in Title Case."),
+    "format:output_template": _ifb("Use this template: My Answer: ... My Conclusion: ... Future Outlook: ..."),
+    "format:no_whitespace": _ifb("Do not use any whitespace in the response."),
+}
+
+
+def ifbench_task(request: str, instruction_ids: list[str], rng: random.Random) -> TaskRow:
+    """A row asking `request` under the IFBench constraints `instruction_ids` (kwargs drawn by `rng`)."""
+    drawn = [IFBENCH_CONSTRAINTS[i](rng, request) for i in instruction_ids]
+    constraints = {"instruction_id_list": list(instruction_ids), "kwargs": [k for _, k in drawn]}
+    key = hashlib.sha1(repr((request, constraints)).encode()).hexdigest()[:12]
+    return TaskRow(id=f"ifbench:{key}", domain="instruction",
+                   prompt=" ".join([request, *(text for text, _ in drawn)]),
+                   reference={"constraints": constraints}, difficulty=len(instruction_ids))
+
+
+def iter_ifbench_tasks(seed: int, max_constraints: int = 3) -> Iterator[TaskRow]:
+    """Endless stream of IFBench-constrained rows (1 to `max_constraints` distinct constraints on
+    one request; a constraint that fixes the whole response stands alone), identical for the same seed."""
+    rng = random.Random(seed)
+    ids = sorted(IFBENCH_CONSTRAINTS)
+    while True:
+        request = rng.choice(_IFB_REQUESTS)
+        chosen = rng.sample(ids, rng.randint(1, max_constraints))
+        # A custom task or a repeat dictates the whole response: it stands alone.
+        whole = [i for i in chosen if i.startswith(_IFB_WHOLE_RESPONSE)]
+        yield ifbench_task(request, whole[:1] or chosen, rng)
+
+
 # --- the families together ---------------------------------------------------------------------
 TASKS = ("arithmetic", "code", "instruction")
 

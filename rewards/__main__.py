@@ -3,6 +3,7 @@
     python -m rewards score --input rows.jsonl --output scored.jsonl [--custom SPEC ...]
         [--route DOMAIN=REWARD[:WEIGHT][,REWARD[:WEIGHT]...] ...] [--reward-model PATH]
         [--timeout S] [--threads N]
+    python -m rewards score --check labelled.jsonl [--route ...]
 
 Each input line is an object with `id`, `domain`, `prompt`, `completion` and the domain's reference
 fields (math: `answer`; code: `tests`; instruction: `constraints` in IFEval's format); every other
@@ -13,6 +14,11 @@ required field, or whose reward fails or runs past `--timeout` seconds gets `sco
 rewards (see `rewards.custom`); `--route` says which rewards score a domain, replacing the built-in
 routing for that domain. Rows are scored by the same `RewardPool` as in training. Token ids are not
 available here, so rewards that need them (`overlong`) do not apply.
+
+`--check` scores a labelled file instead: rows as above plus `expected` (true when the completion
+should pass: fully correct, every instruction followed), optional `category` (default: the domain)
+and `reason`. It prints the agreement per category and each disagreement with its reason, and exits
+1 when any row disagrees. The repository's own labelled cases are in `rewards/labelled/`.
 """
 
 from __future__ import annotations
@@ -108,12 +114,52 @@ def score_rows(rows: list[tuple[int, dict | str]], pool: RewardPool) -> list[dic
     return out  # type: ignore[return-value]
 
 
+def agreement(rows: list[dict], scored: list[dict]) -> tuple[dict[str, list[int]], list[str]]:
+    """Per category `[agreeing, total]`, and one line per disagreement. A row agrees when its score
+    reaches 1.0 (passed) exactly when its `expected` is true; a row that failed to score agrees with
+    nothing. ValueError names a row without a boolean `expected`."""
+    counts: dict[str, list[int]] = {}
+    wrong: list[str] = []
+    for row, out in zip(rows, scored):
+        expected = row.get("expected")
+        if not isinstance(expected, bool):
+            raise ValueError(f"row {row.get('id')!r}: 'expected' must be true or false, got {expected!r}")
+        category = str(row.get("category", row.get("domain")))
+        verdict = "error" not in out and out["score"] >= 1.0
+        tally = counts.setdefault(category, [0, 0])
+        tally[0] += verdict == expected
+        tally[1] += 1
+        if verdict != expected:
+            why = out.get("error") or f"score {out['score']:.3f}"
+            wrong.append(f"{row.get('id')} [{category}] expected {expected}, got {why}: {row.get('reason', '')}")
+    return counts, wrong
+
+
+def check_file(path: Path, pool: RewardPool) -> int:
+    """Score a labelled file and print the agreement; 0 when every row agrees, else 1."""
+    read = read_rows(path)
+    bad = [row for _, row in read if isinstance(row, str)]
+    if bad:
+        raise ValueError(bad[0])
+    rows = [row for _, row in read]
+    counts, wrong = agreement(rows, score_rows(read, pool))
+    for category, (agree, total) in sorted(counts.items()):
+        print(f"{category:24s} {agree:4d}/{total:<4d} {agree / total:7.1%}")
+    agree, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    print(f"{'all':24s} {agree:4d}/{total:<4d} {agree / max(total, 1):7.1%}")
+    for line in wrong:
+        print(f"disagrees: {line}")
+    return 0 if not wrong else 1
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rewards", description="Offline reward scoring.")
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score a JSONL file of completions")
-    score.add_argument("--input", type=Path, required=True, help="JSONL rows to score")
-    score.add_argument("--output", type=Path, required=True, help="where to write the scored JSONL")
+    score.add_argument("--input", type=Path, help="JSONL rows to score")
+    score.add_argument("--output", type=Path, help="where to write the scored JSONL")
+    score.add_argument("--check", type=Path, metavar="LABELLED",
+                       help="score a labelled JSONL (rows with `expected`) and print agreement per category")
     score.add_argument("--custom", action="append", default=[], metavar="SPEC",
                        help="load a reward: [name=]pkg.module:fn or [name=]path/file.py:fn (repeatable)")
     score.add_argument("--route", action="append", default=[], type=parse_route,
@@ -130,9 +176,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    if not args.input.is_file():
-        print(f"error: input file not found: {args.input}", file=sys.stderr)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.check is None and (args.input is None or args.output is None):
+        parser.error("score needs --input and --output, or --check LABELLED")
+    source = args.check or args.input
+    if not source.is_file():
+        print(f"error: input file not found: {source}", file=sys.stderr)
         return 2
     try:
         route_texts = (f"{domain}=" + ",".join(f"{name}:{weight!r}" for name, weight in route)
@@ -143,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     except RewardLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.check is not None:
+        with RewardPool(routes, args.timeout, args.threads) as pool:
+            try:
+                return check_file(args.check, pool)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
     with RewardPool(routes, args.timeout, args.threads) as pool:
         out = score_rows(read_rows(args.input), pool)
     with args.output.open("w", encoding="utf-8") as dst:

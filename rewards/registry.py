@@ -123,14 +123,15 @@ def stats_growth(before: Mapping[str, Mapping[str, float]],
 
 
 def parse_route(text: str) -> tuple[str, list[tuple[str, float]]]:
-    """`"math=math,format:0.1"` -> `("math", [("math", 1.0), ("format", 0.1)])`; ValueError if malformed."""
+    """`"math=math,format:0.1"` -> `("math", [("math", 1.0), ("format", 0.1)])`; a reward named with a
+    mode keeps it (`"instruction=instruction:loose"`); ValueError if malformed."""
     domain, sep, rewards_text = text.partition("=")
     domain = domain.strip()
     if not sep or not domain or not rewards_text.strip():
         raise ValueError(f"route {text!r}: expected DOMAIN=REWARD[:WEIGHT][,REWARD[:WEIGHT]...]")
     routes = []
     for item in rewards_text.split(","):
-        name, _, weight = item.strip().partition(":")
+        name, weight = _name_and_weight(item.strip())
         if not name:
             raise ValueError(f"route {text!r}: empty reward name")
         try:
@@ -147,6 +148,21 @@ def check_routes(reward: RewardConfig) -> None:
             parse_route(text)
         except ValueError as exc:
             raise ConfigError(f"config key 'reward.routes[{i}]': {exc}") from None
+
+
+# Suffixes a reward name may carry to choose a scoring mode (`instruction:loose`); any other suffix
+# after a colon is a weight.
+REWARD_MODES = ("strict", "loose")
+
+
+def _name_and_weight(item: str) -> tuple[str, str]:
+    """`"math:0.1"` -> `("math", "0.1")`; `"instruction:loose"` -> `("instruction:loose", "")`;
+    `"instruction:loose:0.5"` -> `("instruction:loose", "0.5")`."""
+    name, _, rest = item.partition(":")
+    mode, _, weight = rest.partition(":")
+    if mode.strip() in REWARD_MODES:
+        return f"{name}:{mode.strip()}", weight.strip()
+    return name, rest
 
 
 def resolve_routes(routes: Iterable[str] | Mapping[str, list[tuple[str, float]]] = ()) -> Routes:

@@ -41,7 +41,7 @@ def test_score_file_end_to_end(tmp_path):
     # Blank line skipped; every other line answered, in order.
     assert [r.get("id", r.get("line")) for r in out] == ["m1", 2, "m2", "i1", "m3", "c1", "m4"]
     assert [r["score"] for r in out] == [1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
-    assert out[0]["components"] == {"math": 1.0, "math/correct": 1.0, "math/extracted": 1.0}
+    assert out[0]["components"] == {"math": 1.0, "math/correct": 1.0, "math/extracted": 1.0, "math/hedged": 0.0}
     assert out[3]["components"] == {
         "instruction": 0.5, "instruction/0:change_case:english_lowercase": 1.0, "instruction/1:punctuation:no_comma": 0.0
     }

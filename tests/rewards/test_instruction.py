@@ -1,4 +1,5 @@
-"""The 25 IFEval instruction checkers on literal responses, each with near misses."""
+"""The 25 IFEval instruction checkers on literal responses, each with near misses, following
+IFEval's reference semantics (substring keywords, exact end phrase, ASCII punctuation)."""
 
 import pytest
 
@@ -11,6 +12,7 @@ from rewards.instruction import (
     sentences,
     words,
 )
+from rewards.instruction.ifbench import IFBENCH_IDS
 from rewards.registry import score_sample
 from rl.types import Sample
 
@@ -20,13 +22,17 @@ LETTER = "Dear team,\n\nThe launch is on Friday.\n\nBest,\nAna"
 CASES = [
     # keywords
     ("keywords:existence", {"keywords": ["Paris", "river"]}, "In paris the River flows.", True),
-    ("keywords:existence", {"keywords": ["ice cream"]}, "I like ICE  cream a lot", True),
-    ("keywords:existence", {"keywords": ["cat"]}, "A category of things", False),
+    ("keywords:existence", {"keywords": ["ice cream"]}, "I like ICE cream a lot", True),
+    ("keywords:existence", {"keywords": ["ice cream"]}, "I like ICE  cream a lot", False),  # literal phrase
+    ("keywords:existence", {"keywords": ["cat"]}, "A category of things", True),  # IFEval matches substrings
+    ("keywords:existence", {"keywords": ["cats"]}, "A cat of things", False),
     ("keywords:existence", {"keywords": ["Paris", "river"]}, "Paris is lovely.", False),
     ("keywords:frequency", {"keyword": "data", "frequency": 3, "relation": "at least"},
      "Data in, data out; DATA rules.", True),
     ("keywords:frequency", {"keyword": "data", "frequency": 3, "relation": "at least"},
-     "Data in, data out; database rules.", False),
+     "Data in, data out; database rules.", True),  # "database" holds "data"
+    ("keywords:frequency", {"keyword": "data", "frequency": 3, "relation": "at least"},
+     "Data in, data out; dat rules.", False),
     ("keywords:frequency", {"keyword": "data", "frequency": 2, "relation": "less than"}, "Data only once.", True),
     ("keywords:frequency", {"keyword": "data", "frequency": 2, "relation": "less than"}, "Data and data.", False),
     ("keywords:forbidden_words", {"forbidden_words": ["very", "good"]}, "It is every bit goodly.", True),
@@ -52,9 +58,11 @@ CASES = [
      "Intro line\n\n* first point\n* second point", True),
     ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "at least"}, "e.g. this is one.", False),
     ("length_constraints:number_words", {"num_words": 4, "relation": "at least"}, "Don't over-think it, ok?", True),
-    ("length_constraints:number_words", {"num_words": 5, "relation": "at least"}, "Don't over-think it, ok?", False),
+    ("length_constraints:number_words", {"num_words": 6, "relation": "at least"}, "Don't over-think it, ok?", True),
+    ("length_constraints:number_words", {"num_words": 7, "relation": "at least"}, "Don't over-think it, ok?", False),
     ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "It costs 3.50 now", False),
-    ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "It costs 3.50", True),
+    ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "It costs 3.50", False),
+    ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "It costs three", True),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\nTwo.\n\n* * *\nThree.", True),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "***\nOne.\n***\nTwo.\n***", True),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "One.\n***\n***\nTwo.", False),
@@ -82,7 +90,8 @@ CASES = [
     ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "* one\n* two", False),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "1. one\n2. two", False),
     ("detectable_format:constrained_response", {}, "My answer is yes.", True),
-    ("detectable_format:constrained_response", {}, "Honestly, my answer is maybe, I think", True),
+    ("detectable_format:constrained_response", {}, "Honestly, My answer is maybe. I think", True),
+    ("detectable_format:constrained_response", {}, "Honestly, my answer is maybe, I think", False),
     ("detectable_format:constrained_response", {}, "Yes.", False),
     ("detectable_format:constrained_response", {}, "My answer is yes. My answer is no.", False),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 2},
@@ -109,10 +118,11 @@ CASES = [
      "write a poem  about the sea.\nThe sea is wide.", True),
     ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem about the sea."},
      "Here is a poem about the sea.", False),
-    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Done. **Any other questions?**\n", True),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Done. any other questions?\n", True),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Done. **Any other questions?**\n", False),
     ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Any other questions? Bye.", False),
     ("startend:quotation", {}, '  "Wrapped in quotes."  ', True),
-    ("startend:quotation", {}, "\u201cCurly quotes.\u201d", True),
+    ("startend:quotation", {}, "\u201cCurly quotes.\u201d", False),  # IFEval wants straight quotes
     ("startend:quotation", {}, '"Quoted" then not.', False),
     ("startend:quotation", {}, '"', False),
     # case and punctuation
@@ -131,7 +141,7 @@ CASES = [
     ("change_case:english_lowercase", {}, "ceci est une phrase et elle est en minuscules", False),
     ("punctuation:no_comma", {}, "No commas here.", True),
     ("punctuation:no_comma", {}, "One, two.", False),
-    ("punctuation:no_comma", {}, "\u4e00\uff0c\u4e8c", False),
+    ("punctuation:no_comma", {}, "\u4e00\uff0c\u4e8c", True),  # a full-width comma is another character
 ]
 
 
@@ -141,8 +151,9 @@ def test_instruction(iid, kwargs, text, followed):
 
 
 def test_all_25_ifeval_instructions_are_covered_both_ways():
-    assert len(INSTRUCTIONS) == 25
-    for iid in INSTRUCTIONS:
+    ifeval = [i for i in INSTRUCTIONS if i not in IFBENCH_IDS]
+    assert len(ifeval) == 25
+    for iid in ifeval:
         assert {followed for i, _, _, followed in CASES if i == iid} == {True, False}, iid
 
 

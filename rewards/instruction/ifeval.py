@@ -1,39 +1,38 @@
-"""Verifiable instruction following: the 25 instruction types of IFEval (Zhou et al. 2023,
-"Instruction-Following Evaluation for Large Language Models", arXiv:2311.07911).
-
-A row of the `instruction` domain carries its instructions in IFEval's format:
-
-    "constraints": {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
-                    "kwargs": [{}, {"num_words": 50, "relation": "at least"}]}
+"""The 25 instruction types of IFEval (Zhou et al. 2023, "Instruction-Following Evaluation for
+Large Language Models", arXiv:2311.07911), the checker registry and the shared text units.
 
 Each instruction id has a checker `fn(text, **kwargs) -> bool` registered with `@instruction(id)`,
-taking IFEval's kwarg names. Kwargs that are null are ignored (datasets often store every kwarg name
-in every row); a missing or unknown kwarg is an error naming the instruction. The `instruction`
-reward scores the fraction of instructions followed.
-
-IFEval's reference checkers rely on NLTK data and `langdetect`, neither available offline, so the
-text rules are written here, and are what a careful reader would count:
-- a word is a run of letters/digits, joined by an apostrophe or hyphen ("don't", "well-known") or,
-  between digits, by a point or comma ("3.5", "1,000");
+taking IFEval's kwarg names. The checkers follow IFEval's reference semantics where they are
+definite:
+- `keywords:existence` and `keywords:frequency` match substrings, case-insensitively ("cat" is in
+  "category"), as IFEval's `re.search` / `re.findall` do; `keywords:forbidden_words` matches whole
+  words (IFEval's `\b` pattern);
+- `length_constraints:number_words` counts IFEval's words: runs of `\w` ("don't" is two);
+- `startend:end_checker` is exact up to case, surrounding whitespace and straight double quotes
+  (markdown around the phrase fails in strict mode; loose mode removes it);
+- punctuation is not folded: `punctuation:no_comma` forbids the ASCII comma only, and
+  `startend:quotation` wants straight double quotes;
+- `detectable_format:constrained_response` wants one of IFEval's exact sentences ("My answer is
+  yes." with its capital and period), and only one of them.
+IFEval's sentence splitter and language detector rely on NLTK data and `langdetect`, neither
+available offline, so those text rules are written here, and are what a careful reader would count:
+- a word (for sentence and capital-word counts) is a run of letters/digits, joined by an apostrophe
+  or hyphen ("don't", "well-known") or, between digits, by a point or comma ("3.5", "1,000");
 - a sentence ends with `.`, `!`, `?` or `...` (closing quotes/brackets may follow) before
   whitespace or the end, except after a common abbreviation ("Dr.", "e.g.") or an initial ("J.");
   a line break also ends one (responses are not hard-wrapped; headings and list items stand
   alone); fragments without a word, markdown headings and wholly bold lines do not count;
-- keywords match whole words, case-insensitively (`cat` is not in "category");
 - relations are IFEval's: "less than" (count < N) and "at least" (count >= N).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import re
 import unicodedata
 from typing import Callable
 
-from rewards.registry import RewardResult, reward
-from rl.types import Sample
 
 InstructionFn = Callable[..., bool]
 INSTRUCTIONS: dict[str, InstructionFn] = {}
@@ -58,8 +57,8 @@ _HIGHLIGHT = re.compile(r"(?<!\*)(\*{1,3})(?![\s*])([^*\n]*?[^\s*])\1(?!\*)")
 _TITLE = re.compile(r"<<[^\n<>]*[^\s<>][^\n<>]*>>")
 _JSON_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)\n?\s*```", re.DOTALL)
 _LEADING_MARKUP = re.compile(r"^[\s*_#>\"'\u201c\u2018`]+")
-_CONSTRAINED = re.compile(r"\bmy answer is (yes|no|maybe)\b", re.IGNORECASE)
-_COMMAS = (",", "\uff0c", "\u060c")  # ASCII, full-width and Arabic commas
+_CONSTRAINED = re.compile(r"My answer is (?:yes|no|maybe)\.")
+_IFEVAL_WORD = re.compile(r"\w+")
 _RELATIONS = ("less than", "at least")
 
 
@@ -125,16 +124,23 @@ def _squash(text: str) -> str:
 # --- keywords -------------------------------------------------------------------------------------
 
 
+def count_substring(text: str, keyword: str) -> int:
+    """Non-overlapping, case-insensitive occurrences of `keyword` anywhere in `text`."""
+    if not keyword.strip():
+        raise ValueError("keyword must not be empty")
+    return len(re.findall(re.escape(keyword), text, re.IGNORECASE))
+
+
 @instruction("keywords:existence")
 def keywords_existence(text: str, *, keywords: list[str]) -> bool:
-    """Every keyword appears (whole words, case-insensitive)."""
-    return all(_count_words(text, k) > 0 for k in keywords)
+    """Every keyword appears as a substring (case-insensitive: "cat" is in "category")."""
+    return all(count_substring(text, k) > 0 for k in keywords)
 
 
 @instruction("keywords:frequency")
 def keywords_frequency(text: str, *, keyword: str, frequency: int, relation: str) -> bool:
-    """The keyword's whole-word count compared with `frequency` by `relation`."""
-    return _compare(_count_words(text, keyword), relation, frequency)
+    """The keyword's substring count (case-insensitive) compared with `frequency` by `relation`."""
+    return _compare(count_substring(text, keyword), relation, frequency)
 
 
 @instruction("keywords:forbidden_words")
@@ -258,8 +264,8 @@ def length_number_sentences(text: str, *, num_sentences: int, relation: str) -> 
 
 @instruction("length_constraints:number_words")
 def length_number_words(text: str, *, num_words: int, relation: str) -> bool:
-    """Word count compared with `num_words` by `relation`."""
-    return _compare(len(words(text)), relation, num_words)
+    """IFEval's word count (runs of `\\w`: "don't" and "3.5" are two each) compared by `relation`."""
+    return _compare(len(_IFEVAL_WORD.findall(text)), relation, num_words)
 
 
 @instruction("length_constraints:number_paragraphs")
@@ -312,8 +318,9 @@ def format_number_bullet_lists(text: str, *, num_bullets: int) -> bool:
 
 @instruction("detectable_format:constrained_response")
 def format_constrained_response(text: str) -> bool:
-    """Gives exactly one of "My answer is yes.", "My answer is no.", "My answer is maybe."."""
-    return len({m.lower() for m in _CONSTRAINED.findall(text)}) == 1
+    """Contains exactly one of "My answer is yes.", "My answer is no.", "My answer is maybe." (case
+    and period as written)."""
+    return len(set(_CONSTRAINED.findall(text))) == 1
 
 
 @instruction("detectable_format:number_highlighted_sections")
@@ -366,18 +373,16 @@ def combination_repeat_prompt(text: str, *, prompt_to_repeat: str) -> bool:
 
 @instruction("startend:end_checker")
 def startend_end_checker(text: str, *, end_phrase: str) -> bool:
-    """The response ends with `end_phrase`, nothing after it but whitespace, quotes or emphasis marks
-    (case and spacing are free)."""
-    return _squash(text.strip().rstrip("\"'\u201d\u2019*_ \n\t")).endswith(
-        _squash(end_phrase).rstrip("\"'\u201d\u2019*_ ")
-    )
+    """The response ends with `end_phrase` (case-insensitive); only whitespace and straight double
+    quotes around the response are ignored."""
+    return text.strip().strip('"').lower().endswith(end_phrase.strip().lower())
 
 
 @instruction("startend:quotation")
 def startend_quotation(text: str) -> bool:
-    """The whole response is wrapped in double quotation marks (straight or curly)."""
+    """The whole response is wrapped in straight double quotation marks."""
     body = text.strip()
-    return len(body) > 1 and body[0] in "\"\u201c" and body[-1] in "\"\u201d"
+    return len(body) > 1 and body[0] == '"' and body[-1] == '"'
 
 
 # --- case and punctuation -------------------------------------------------------------------------
@@ -403,64 +408,5 @@ def case_english_lowercase(text: str) -> bool:
 
 @instruction("punctuation:no_comma")
 def punctuation_no_comma(text: str) -> bool:
-    """No comma anywhere (ASCII, full-width or Arabic)."""
-    return not any(c in text for c in _COMMAS)
-
-
-# --- the reward -----------------------------------------------------------------------------------
-
-
-def parse_constraints(constraints: object) -> list[tuple[str, dict]]:
-    """`(instruction_id, kwargs)` pairs from IFEval's `{"instruction_id_list", "kwargs"}` object, with
-    null kwargs dropped; ValueError naming the problem for anything malformed."""
-    if not isinstance(constraints, dict) or not isinstance(constraints.get("instruction_id_list"), list):
-        raise ValueError(
-            f"'constraints' must be an object with an 'instruction_id_list' list, got {constraints!r}"
-        )
-    ids = constraints["instruction_id_list"]
-    kwargs_list = constraints.get("kwargs")
-    if kwargs_list is None:
-        kwargs_list = [{}] * len(ids)
-    if not ids or not isinstance(kwargs_list, list) or len(kwargs_list) != len(ids):
-        raise ValueError(
-            f"'constraints' needs a non-empty 'instruction_id_list' and a 'kwargs' list of the same "
-            f"length, got {len(ids)} ids and kwargs {kwargs_list!r}"
-        )
-    pairs = []
-    for index, (iid, kwargs) in enumerate(zip(ids, kwargs_list)):
-        if not isinstance(iid, str) or iid not in INSTRUCTIONS:
-            raise ValueError(f"instruction {index}: unknown id {iid!r}; known: {sorted(INSTRUCTIONS)}")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ValueError(f"instruction {index}:{iid}: kwargs must be an object, got {kwargs!r}")
-        pairs.append((iid, {k: v for k, v in (kwargs or {}).items() if v is not None}))
-    return pairs
-
-
-def check_instruction(text: str, instruction_id: str, kwargs: dict, label: str | None = None) -> bool:
-    """Run one checker; bad kwargs raise ValueError naming `label` (default: the id)."""
-    label = label or instruction_id
-    fn = INSTRUCTIONS.get(instruction_id)
-    if fn is None:
-        raise ValueError(f"instruction {label}: unknown id; known: {sorted(INSTRUCTIONS)}")
-    try:
-        # Binding first turns a missing or misspelled kwarg into an error naming the instruction.
-        inspect.signature(fn).bind(text, **kwargs)
-        return bool(fn(text, **kwargs))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"instruction {label}: bad kwargs {kwargs}: {exc}") from exc
-
-
-@reward("instruction")
-def instruction_reward(sample: Sample) -> RewardResult | None:
-    """Fraction of the row's IFEval instructions (`constraints`) the completion follows; one 0/1
-    component per instruction (`<index>:<id>`); passed only when all are followed. Not applicable
-    without `constraints`."""
-    constraints = sample.reference.get("constraints")
-    if constraints is None:
-        return None
-    components: dict[str, float] = {}
-    for index, (iid, kwargs) in enumerate(parse_constraints(constraints)):
-        label = f"{index}:{iid}"
-        components[label] = float(check_instruction(sample.completion, iid, kwargs, label))
-    met = sum(components.values())
-    return RewardResult(met / len(components), components, passed=met == len(components))
+    """No ASCII comma anywhere (other scripts' commas are different characters)."""
+    return "," not in text
