@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,12 @@ from data_mining.tasks import check_task_names
 from rewards.pool import RewardWorker, prepare_reward_config
 from rewards.registry import check_routes
 from rl import checkpoint
-from rl.actors import (Actors, add_stats, build_actors, evaluate, frozen_gc, generate_and_score, start_ray,
-                       sync_weights)
+from rl.actors import (Actors, add_stats, build_actors, evaluate, frozen_gc, generate_and_score, offline_pass,
+                       start_ray, sync_weights)
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step_metrics
 from rl.objective import check_names
+from rl.report import finish_run
 
 CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
 
@@ -98,40 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out sampled pass rate before RL: {format_rates(summary['heldout_before'])}", flush=True)
     start = time.time()
     if cfg.mining.enabled and cfg.mining.offline_pass and not cfg.run.resume:
-        offline = miner.offline_pass(lambda rows, n: generate_and_score(
-            actors, rows, overlap=cfg.reward.overlap, n=n, temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)[0])
-        print(f"offline pass: {offline['mining/offline_rollouts']:.0f} rollouts in {time.time() - start:.0f} s; "
-              + ", ".join(f"{k.removeprefix('mining/band/')} {v:.0f}" for k, v in offline.items() if "/band/" in k), flush=True)
+        offline_pass(cfg, actors, miner)
     with frozen_gc():
         steps = rl_loop(cfg, actors, miner, log, run_dir, start + cfg.run.max_seconds if cfg.run.max_seconds else None,
                         start=start_step)
     log.close()
-    finish(cfg, actors, miner, run_dir, heldout_rows, {**summary, "steps": steps})
+    finish_run(cfg, actors, miner, run_dir, heldout_rows, {**summary, "steps": steps})
     ray.shutdown()
     return 0
-
-
-def finish(cfg: Config, actors: Actors, miner: Miner, run_dir: Path, heldout_rows: list[dict], summary: dict) -> None:
-    """Final checkpoint, held-out evaluation after RL, summary.json and the report."""
-    from rl.report import write_report
-
-    summary["mining"] = {**miner.totals, "rollouts_per_useful_group":
-                         miner.totals["rollouts"] / max(1, miner.totals["useful_groups"])}
-    final = run_dir / "final"
-    checkpoint.save(cfg, actors, miner, final, summary["steps"])
-    if cfg.eval.after:
-        summary["heldout_after"] = evaluate(actors, heldout_rows, cfg)
-    summary["final_checkpoint"] = str(final)
-    miner.save(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"held-out sampled pass rate: before {format_rates(summary.get('heldout_before'))} -> after "
-          f"{format_rates(summary.get('heldout_after'))}; checkpoint {final}", flush=True)
-    try:  # everything is saved by now; a plotting failure must not fail the run
-        print(f"report: {write_report(run_dir)}", flush=True)
-    except Exception as exc:  # noqa: BLE001
-        print(f"WARNING: the report could not be written ({type(exc).__name__}: {exc}); the run's results are "
-              f"saved; retry with `python -m rl.report {run_dir}`", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -191,3 +192,15 @@ def evaluate(actors: Actors, rows: list[dict], cfg: Config) -> dict[str, float]:
         items = [s for s in samples if s.domain == domain]
         result[f"pass_rate/{domain}"] = sum(s.passed for s in items) / len(items)
     return result
+
+
+def offline_pass(cfg: Config, actors: Actors, miner: Any) -> None:
+    """The miner's offline pass (every train prompt estimated before RL), generated with the rollout
+    settings, and a line saying what it found."""
+    start = time.time()
+    offline = miner.offline_pass(lambda rows, n: generate_and_score(
+        actors, rows, overlap=cfg.reward.overlap, n=n, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens)[0])
+    bands = ", ".join(f"{k.removeprefix('mining/band/')} {v:.0f}" for k, v in offline.items() if "/band/" in k)
+    print(f"offline pass: {offline['mining/offline_rollouts']:.0f} rollouts in {time.time() - start:.0f} s; {bands}",
+          flush=True)

@@ -708,6 +708,31 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def finish_run(cfg: Any, actors: Any, miner: Any, run_dir: Path, heldout_rows: list[dict], summary: dict) -> None:
+    """The end of a run: final checkpoint, held-out evaluation after RL, summary.json (with the
+    miner's totals) and the report."""
+    from rl import checkpoint
+    from rl.actors import evaluate
+    from rl.metrics import format_rates
+
+    summary["mining"] = {**miner.totals, "rollouts_per_useful_group":
+                         miner.totals["rollouts"] / max(1, miner.totals["useful_groups"])}
+    final = run_dir / "final"
+    checkpoint.save(cfg, actors, miner, final, summary["steps"])
+    if cfg.eval.after:
+        summary["heldout_after"] = evaluate(actors, heldout_rows, cfg)
+    summary["final_checkpoint"] = str(final)
+    miner.save(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"held-out sampled pass rate: before {format_rates(summary.get('heldout_before'))} -> after "
+          f"{format_rates(summary.get('heldout_after'))}; checkpoint {final}", flush=True)
+    try:  # everything is saved by now; a plotting failure must not fail the run
+        print(f"report: {write_report(run_dir)}", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"WARNING: the report could not be written ({type(exc).__name__}: {exc}); the run's results are "
+              f"saved; retry with `python -m rl.report {run_dir}`", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rl.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="run directory containing metrics.jsonl")
