@@ -186,7 +186,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_checkpoint, ray_
     # Both runs are deterministic up to the checkpoint.
     on_disk = load_file(ckpt / "model.safetensors")
     assert all(torch.equal(v, load_file(whole / "checkpoint-2" / "model.safetensors")[k]) for k, v in on_disk.items())
-    first_half = hf_state_dict(load_policy(ckpt))  # named as the trainer holds them (experts fused)
+    first_half = hf_state_dict(load_policy(ckpt))  # in the checkpoint layout, as the trainer sends them
 
     cfg = config(parts, f"run.resume={ckpt}")
     train_rows, _ = load_prompts(cfg)
