@@ -27,14 +27,9 @@ reachable; without either, "session" only has rlimits and a process-group kill, 
 printed. Non-root users get
 "namespaces" through a user namespace where the kernel allows unprivileged ones.
 
-Memory across the process tree: RLIMIT_AS caps each process, so a program that forks N children
-could use N times the cap. Where this process may create cgroups (v2 with the memory and pids
-controllers delegated, or v1 memory and pids hierarchies, as root in a container), each run gets a
-cgroup of its own with the memory cap (`memory.max` / `memory.limit_in_bytes`, swap off) for the
-whole tree and a task cap (`pids.max`); the kernel's OOM killer ends the run when the tree passes
-it. The init joins the cgroup before anything else, so every descendant is in it; afterwards the
-host kills whatever is left there and removes it. Without writable cgroups the per-process limits
-stay the only ones. `isolation_report()` says which mode is active and why;
+Memory across the process tree: where this process may create cgroups, each run gets one with the
+memory and task caps for the whole tree (see `cgroup`); otherwise the per-process rlimits are the
+only ones. `isolation_report()` says which mode is active and why;
 `reward.sandbox.cgroup=false` turns cgroups off.
 
 Modules: `host` (runs and pools, the probes, `configure`), `forkserver` (the host's end of the fork
