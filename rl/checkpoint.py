@@ -67,6 +67,8 @@ def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
                 check_supported(path)
             except UnsupportedFamilyError as exc:
                 sys.exit(f"error: model.path {str(path)!r}: {exc}")
+            except (OSError, ValueError) as exc:  # transformers cannot read the config at all
+                sys.exit(f"error: model.path {str(path)!r} has no usable config.json: {exc}")
         if dry_run:
             check_model_dir(path)
         return str(path)
