@@ -24,6 +24,7 @@ from rl.actors import (Actors, add_stats, build_actors, evaluate, frozen_gc, gen
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step_metrics
 from rl.objective import check_names
+from rl.pipeline import run_async
 from rl.report import finish_run
 
 CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
@@ -99,11 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     if cfg.mining.enabled and cfg.mining.offline_pass and not cfg.run.resume:
         offline_pass(cfg, actors, miner)
+    deadline = start + cfg.run.max_seconds if cfg.run.max_seconds else None
+    data = miner
     with frozen_gc():
-        steps = rl_loop(cfg, actors, miner, log, run_dir, start + cfg.run.max_seconds if cfg.run.max_seconds else None,
-                        start=start_step)
+        if cfg.rollout.max_staleness:  # asynchronous: generation for the coming steps overlaps training
+            steps, data = run_async(
+                cfg, actors, miner, log, run_dir, deadline=deadline, start=start_step,
+                version=ray.get(actors.trainer.state.remote())["version"],
+                step_metrics=lambda *a: step_metrics(*a, cfg.rollout.logprob_gap_warn),
+                save=lambda state, path, step: (checkpoint.save(cfg, actors, state, path, step), miner.save(run_dir)))
+        else:
+            steps = rl_loop(cfg, actors, miner, log, run_dir, deadline, start=start_step)
     log.close()
-    finish_run(cfg, actors, miner, run_dir, heldout_rows, {**summary, "steps": steps})
+    finish_run(cfg, actors, data, run_dir, heldout_rows, {**summary, "steps": steps})
     ray.shutdown()
     return 0
 

@@ -51,6 +51,8 @@ class Draw:
     rows: list[dict[str, Any]]  # prompts to generate for
     n: int  # completions per prompt
     remine: bool = False  # a re-estimate of parked prompts, not training data
+    scored: int = 0  # rows whose groups have come back (asynchronous training returns them in parts)
+    found: int = 0  # of those, groups with reward variance
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Miner:
         self.rng = random.Random(seed)
         self.fixed_weights = {d: float(w) for d, _, w in (t.partition("=") for t in cfg.domain_weights)}
         self.keep_rate = 1.0  # running share of drawn groups that were useful; sizes the next draw
+        self.in_flight: set[str] = set()  # prompts drawn whose groups are not scored yet (any step)
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
@@ -159,8 +162,10 @@ class Miner:
         return 0.0
 
     def draw(self, n: int, exclude: set[str]) -> list[dict[str, Any]]:
-        """Up to n prompts from the learnable and unseen bands, split by the domain shares. When
-        those bands are empty, the parked prompts seen longest ago (their evidence is stalest)."""
+        """Up to n prompts from the learnable and unseen bands, split by the domain shares, counting
+        the prompts in flight toward their domains. When those bands are empty, the parked prompts
+        seen longest ago (their evidence is stalest). Prompts in flight are never drawn twice."""
+        exclude = exclude | self.in_flight
         candidates = {
             d: [(p, w) for p in ids if p not in exclude and (w := self._draw_weight(p)) > 0]
             for d, ids in self.by_domain.items()
@@ -168,9 +173,25 @@ class Miner:
         if not any(candidates.values()):
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
-        quotas = apportion(n, self.domain_shares(), {d: len(c) for d, c in candidates.items()})
+        quotas = self._quotas(n, {d: len(c) for d, c in candidates.items()})
         picked = [p for d in sorted(quotas) for p in weighted_sample(self.rng, candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
+
+    def _quotas(self, n: int, caps: dict[str, int]) -> dict[str, int]:
+        """n slots split by the domain shares; with prompts in flight, the split of those plus n, less
+        what each domain already has in flight (so a stream of draws keeps the shares)."""
+        shares = self.domain_shares()
+        flying = Counter(self.rows[p]["domain"] for p in self.in_flight)
+        if not flying:
+            return apportion(n, shares, caps)
+        whole = apportion(n + sum(flying.values()), shares, {d: caps.get(d, 0) + flying[d] for d in shares})
+        quotas = {d: min(max(0, whole[d] - flying[d]), caps.get(d, 0)) for d in shares}
+        extra = n - sum(quotas.values())  # what the in-flight excess left unassigned
+        for d in sorted(quotas, key=lambda d: -shares[d]):
+            take = max(0, min(extra, caps.get(d, 0) - quotas[d]))
+            quotas[d] += take
+            extra -= take
+        return quotas
 
     def plan_step(self, step: int) -> "StepFill":
         """The draws of RL step `step`, one at a time: the driver generates and scores each (see `StepFill`)."""
@@ -227,6 +248,10 @@ class StepFill:
     unseen bands (mining on) or the next shuffled prompts (mining off, one draw); `add` records every
     group in the ledger and keeps the groups with reward variance. The draws stop at
     `prompts_per_step` useful groups or at the draw budget, and `finish` returns what there is.
+
+    Asynchronous training asks for draws while earlier ones are still being generated and hands
+    back their groups in parts, in any order: the prompts in flight count toward the step (scaled
+    by the keep rate), and the step is `settled` once nothing is in flight and no draw is due.
     """
 
     def __init__(self, miner: Miner, step: int) -> None:
@@ -241,6 +266,8 @@ class StepFill:
         self.reasons: Counter = Counter()
         self.drawn: set[str] = set()
         self.useful = self.rounds = 0
+        self.pending = 0  # rows of training draws not scored yet
+        self.remine_pending = 0  # rows of the re-estimate not scored yet
         self.remine_due = cfg.enabled and bool(cfg.remine_every)
         if self.remine_due:
             self.metrics["mining/remine_moves"] = 0.0
@@ -252,49 +279,81 @@ class StepFill:
         miner, cfg = self.miner, self.miner.cfg
         if self.remine_due:
             self.remine_due = False
-            parked = [p for p in miner.rows if miner.ledger.entries[p].band in ("too_hard", "solved")]
+            parked = [p for p in miner.rows
+                      if miner.ledger.entries[p].band in ("too_hard", "solved") and p not in miner.in_flight]
             chosen = miner.rng.sample(parked, min(cfg.remine_prompts, len(parked)))
             self.metrics["mining/remined_prompts"] = float(len(chosen))
             self.metrics["mining/remine_moves"] = 0.0
             if chosen:
+                miner.in_flight.update(chosen)
+                self.remine_pending = len(chosen)
                 return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
-        if self.done or self.useful >= self.target or len(self.drawn) >= self.budget:
+        if self._exhausted():
             return None
-        need = self.target - self.useful
+        need = self.target - self.useful - math.ceil(self.pending * max(miner.keep_rate, 0.25))
+        if need <= 0:  # what is in flight should fill the step
+            return None
         if cfg.enabled:
             rows = miner.draw(min(math.ceil(need / max(miner.keep_rate, 0.25)), self.budget - len(self.drawn)),
                               self.drawn)
         else:
             rows = miner.sampler.next(need)
         if not rows:
+            self.done = self.pending == 0
             return None
         self.drawn.update(r["id"] for r in rows)
+        miner.in_flight.update(r["id"] for r in rows)
+        self.pending += len(rows)
         return Draw(rows, miner.samples_per_prompt)
 
+    def _exhausted(self) -> bool:
+        return self.done or self.useful >= self.target or len(self.drawn) >= self.budget
+
+    def settled(self) -> bool:
+        """Nothing in flight and no draw due (call `next_draw` until it returns None first): `finish` may be called."""
+        return not self.remine_due and self.pending == 0 and self.remine_pending == 0 and self._exhausted()
+
     def add(self, draw: Draw, samples: list[Sample]) -> None:
-        """Record `draw`'s scored samples: the ledger, then (training draws) the groups worth training on."""
+        """Record scored samples of `draw` (all its rows, or a part): the ledger, then (training
+        draws) the groups worth training on."""
         miner = self.miner
+        miner.in_flight.difference_update(s.prompt_id for s in samples)
+        groups = len({s.prompt_id for s in samples})
+        draw.scored += groups
         if draw.remine:
+            self.remine_pending -= groups
             miner.totals["rollouts"] += len(samples)
-            self.metrics["mining/remine_rollouts"] = float(len(samples))
+            self.metrics["mining/remine_rollouts"] = self.metrics.get("mining/remine_rollouts", 0.0) + len(samples)
             for _, old, new in miner.ledger.record_samples(samples, self.step):
                 if old != new:
                     self.metrics["mining/remine_moves"] += 1
                     key = f"mining/moves/{old}_to_{new}"
                     self.metrics[key] = self.metrics.get(key, 0.0) + 1
             return
-        self.rounds += 1
+        self.pending -= groups
+        complete = draw.scored >= len(draw.rows)
+        self.rounds += complete
         self.generated += samples
         miner.ledger.record_samples(samples, self.step)
         kept, stats = filter_groups(samples)
         self.reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
         found = _useful(samples)
+        draw.found += found
         self.useful += found
         self.train += kept if miner.drop_zero_variance else samples
         if not miner.cfg.enabled:
-            self.done = True
+            self.done = self.done or complete
             return
-        miner.keep_rate = 0.7 * miner.keep_rate + 0.3 * found / len(draw.rows)
+        if complete:
+            miner.keep_rate = 0.7 * miner.keep_rate + 0.3 * draw.found / len(draw.rows)
+
+    def __getstate__(self) -> dict[str, Any]:  # checkpointed without its miner (`attach` puts it back)
+        return {k: v for k, v in self.__dict__.items() if k != "miner"}
+
+    def attach(self, miner: Miner) -> "StepFill":
+        """This fill (restored from a checkpoint) drawing on `miner` again."""
+        self.miner = miner
+        return self
 
     def finish(self) -> StepBatch:
         """The step's batch and its mining metrics; the run totals updated."""

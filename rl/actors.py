@@ -7,14 +7,14 @@ import gc
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
 from rl.config import Config
 from rl.metrics import PhaseTimer
-from rl.rollout import RolloutWorker
+from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
 from rl.trainer import TrainerWorker
 from rl.types import Sample
 
@@ -86,11 +86,14 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     (`rewards.pool.RewardWorker`), built from `cfg.reward`."""
     max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     rollouts = [
-        ray.remote(RolloutWorker)
+        ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RolloutWorker)
         .options(name=f"rollout-{i}", num_cpus=cfg.rollout.cpus_per_actor)
         .remote(model_path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed + i, max_model_len=max_model_len)
         for i in range(cfg.rollout.num_actors)
     ]
+    # Decoupled PPO by default where samples can be off-policy (asynchronous training).
+    auto = "on" if cfg.rollout.max_staleness else "off"
+    train_cfg = replace(cfg.train, decoupled=auto if cfg.train.decoupled == "auto" else cfg.train.decoupled)
     rewards = [
         ray.remote(reward_worker).options(name=f"reward-{i}", num_cpus=cfg.reward.cpus_per_actor).remote(cfg.reward)
         for i in range(cfg.reward.num_actors)
@@ -98,7 +101,7 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     trainer = (
         ray.remote(TrainerWorker)
         .options(name="trainer", num_cpus=cfg.train.cpus)
-        .remote(model_path, cfg.train, dtype=cfg.model.dtype, seed=cfg.run.seed,
+        .remote(model_path, train_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed,
                 max_new_tokens=cfg.rollout.max_new_tokens, total_steps=cfg.run.steps, ref_path=ref_path)
     )
     ray.get([r.info.remote() for r in rollouts + rewards] + [trainer.state.remote()])

@@ -672,6 +672,28 @@ def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, cap: fl
     return torch.exp(old_logprobs.detach() - rollout_logprobs.detach()).clamp(max=cap)
 
 
+def behaviour_weights(proximal_logprobs: Tensor, behaviour_logprobs: Tensor, cap: float | None = None) -> Tensor:
+    """Per-token weights of decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy
+    optimization"; used for asynchronous RL by AReaL, Fu et al. 2025, arXiv:2505.24298).
+
+    A token sampled by an older (behaviour) policy pi_behav is trained with the PPO ratio taken
+    against the proximal policy pi_prox (the trainer's weights before this update), and corrected
+    for having been sampled by pi_behav:
+
+        J = E_{y ~ pi_behav}[ w_t * min(r_t A_t, clip(r_t, 1 - e_lo, 1 + e_hi) A_t) ]
+        r_t = pi_theta(y_t) / pi_prox(y_t)
+        w_t = pi_prox(y_t) / pi_behav(y_t)     (no gradient; min(w_t, cap) when a cap is given)
+
+    With pi_behav = pi_prox (an on-policy token) w_t = 1 and the loss is plain PPO.
+    Shapes: proximal_logprobs [B, T], behaviour_logprobs [B, T] -> [B, T].
+    """
+    w = torch.exp(proximal_logprobs.detach() - behaviour_logprobs.detach())
+    if cap is not None:
+        _positive(cap, "behaviour weight cap")
+        w = w.clamp(max=cap)
+    return w
+
+
 def router_entropy(router_logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean entropy of the router distribution over valid tokens: mean_n H(softmax(z_n)).
 

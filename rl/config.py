@@ -186,6 +186,17 @@ class RolloutConfig:
         default=1e-4,
         metadata={"help": "warn when the rollout/trainer log-prob gap exceeds this", "min": 0},
     )
+    max_staleness: int = field(
+        default=0,
+        metadata={"help": "asynchronous training: the engines generate for the coming steps while the trainer "
+                          "updates, and no sample trains a policy more than this many versions newer than its "
+                          "oldest token; 0 = synchronous (generate, score, train, sync in turn)", "min": 0},
+    )
+    partial: Literal["continue", "restart"] = field(
+        default="continue",
+        metadata={"help": "max_staleness > 0: requests in flight when new weights reach an engine continue under "
+                          "them (each token keeps its version and sampling log-prob) or restart from the prompt"},
+    )
 
     def validate(self) -> None:
         if not 0 < self.top_p <= 1:
@@ -354,6 +365,13 @@ class TrainConfig:
     tis_cap: float = field(
         default=0.0,
         metadata={"help": "truncated importance sampling from rollout to trainer log-probs, weights capped at this; 0 = off", "min": 0},
+    )
+    decoupled: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={"help": "decoupled PPO (off-policy samples): clip the ratio against the trainer's pre-update "
+                          "(proximal) policy and weight each token by proximal / behaviour probability, the "
+                          "behaviour being the log-probs the token was sampled with (capped at tis_cap when > 0); "
+                          "auto = on when rollout.max_staleness > 0"},
     )
     aux_loss_coef: float = field(
         default=0.0, metadata={"help": "weight of the expert load-balancing loss; 0 = off", "min": 0}

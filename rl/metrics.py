@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from rl.config import MonitorConfig
 
@@ -286,12 +286,38 @@ def step_metrics(batch: Any, reward_stats: dict[str, float], train_stats: dict[s
     metrics, phase seconds and generation throughput; warns when the rollout/trainer log-prob gap
     exceeds `gap_warn` (the weight sync or the engine is then wrong)."""
     tokens = sum(len(s.completion_ids) for s in batch.generated)
+    # Asynchronous steps generate throughout (`time/step`); synchronous ones in their generate phase.
+    seconds = timer.seconds.get("time/generate") or timer.seconds["time/step"]
     metrics = {**sample_metrics(batch.generated), **reward_stats, **batch.metrics, **train_stats, **timer.seconds,
-               "perf/tokens_per_second": tokens / timer.seconds["time/generate"]}
+               "perf/tokens_per_second": tokens / seconds}
     gap = metrics.get("rollout/logprob_abs_diff_max", 0.0)
     if gap > gap_warn:
         print(f"WARNING: rollout/trainer log-prob gap {gap:.2e} exceeds {gap_warn:.0e} at step {step}", flush=True)
     return metrics
+
+
+def machine_busy() -> Callable[[], float]:
+    """A function returning the busy fraction of this machine's cores since its last call (since
+    this call, the first time), from /proc/stat; NaN where there is no /proc/stat."""
+
+    def read() -> tuple[float, float] | None:
+        try:
+            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    last = [read()]
+
+    def busy() -> float:
+        now, before = read(), last[0]
+        last[0] = now
+        if now is None or before is None or now[1] <= before[1]:
+            return math.nan
+        return (now[0] - before[0]) / (now[1] - before[1])
+
+    return busy
 
 
 def format_rates(result: dict | None) -> str:

@@ -117,6 +117,8 @@ def micro_batch_loss(
 
         per_token_t = policy_loss_t(logprobs, old_logprobs, A)          (cfg.policy_loss)
                       * min(pi_old / pi_rollout, tis_cap)                (cfg.tis_cap > 0)
+                   or * pi_old / pi_rollout (capped at tis_cap when > 0)  (cfg.decoupled on: decoupled PPO,
+                        pi_old the proximal policy, pi_rollout the behaviour policy that sampled y_t)
                       + kl_coef * KL_t(logprobs, ref_logprobs)           (a reference given)
         loss = agg(per_token, mask; norm.tokens, norm.seqs, max_len)     (cfg.loss_agg)
                + aux_coef * mean_layers EPLB(router_logits) * valid_b / norm.valid
@@ -132,7 +134,11 @@ def micro_batch_loss(
         clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
     )  # [b, T]
     metrics: dict[str, float] = {}
-    if cfg.tis_cap > 0:
+    if cfg.decoupled == "on":
+        w = algos.behaviour_weights(mb.old_logprobs, mb.rollout_logprobs, cfg.tis_cap or None)  # [b, T]
+        per_token = per_token * w
+        metrics["train/behaviour_weight_mean"] = algos.masked_mean(w, mask).item()
+    elif cfg.tis_cap > 0:
         tis = algos.truncated_is_weights(mb.old_logprobs, mb.rollout_logprobs, cfg.tis_cap)  # [b, T]
         per_token = per_token * tis
         metrics["train/tis_weight_mean"] = algos.masked_mean(tis, mask).item()
@@ -176,6 +182,22 @@ def token_gaps(logprobs: Tensor, rollout_logprobs: Tensor, lengths: list[int]) -
     """
     diff = (logprobs.detach() - rollout_logprobs).abs()  # [b, T]
     return [diff[row, :n] for row, n in enumerate(lengths)]
+
+
+def split_by_version(gaps: list[Tensor], samples: list[Sample], version: int) -> tuple[list[Tensor], Tensor]:
+    """The log-prob gaps of tokens sampled by policy `version` (the trainer's weights before this
+    update: there the gap measures the engine/trainer mismatch), and those of every older token
+    concatenated (there it also measures how far the policy moved since they were sampled).
+
+    A sample without per-token versions counts as sampled by its `policy_version` throughout.
+    """
+    current, stale = [], []
+    for gap, s in zip(gaps, samples):
+        versions = torch.tensor(s.token_versions if s.token_versions else [s.policy_version] * gap.numel())
+        on = versions[: gap.numel()] == version
+        current.append(gap[on])
+        stale.append(gap[~on])
+    return current, torch.cat(stale) if stale else torch.zeros(0)
 
 
 def rollout_logprobs(samples: list[Sample], t: int) -> Tensor:

@@ -7,11 +7,20 @@ tensor writes into the model that serves generation (see `rl.weight_sync`).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import ray
 
 from rl.config import RolloutConfig
 from rl.types import Sample
+
+# Threaded actor groups (`build_actors`; a call picks one with `.options(concurrency_group=...)`):
+# `submit`/`collect` ("stream") and `load_weights` ("weights") run beside a generation in progress,
+# and the engine lock makes a weight load land between two engine steps.
+CONCURRENCY_GROUPS = {"stream": 2, "weights": 1}
 
 
 def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
@@ -51,6 +60,40 @@ def _native_rotary_for_strided_inputs() -> None:
     RotaryEmbedding.forward_cpu = forward_cpu
 
 
+@dataclass
+class _Job:
+    """One `submit` call: the rows to generate for and with what."""
+
+    tag: int
+    rows: list[dict[str, Any]]
+    prompt_ids: list[list[int]]
+    params: Any  # vllm.SamplingParams
+    record_routing: bool
+
+
+@dataclass
+class _Stream:
+    """An engine's streaming state: requests in flight, and finished groups on their way out.
+
+    `live` is touched by the generation thread only; the rest under `cond`.
+    """
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    queued: list[_Job] = field(default_factory=list)  # submitted, not in the engine yet
+    live: dict[str, tuple[_Job, int, str]] = field(default_factory=dict)  # request key -> (job, row, engine id)
+    ready: list[tuple[_Job, int, list[Sample]]] = field(default_factory=list)  # finished, not sent to scoring
+    outbox: list[tuple[list[tuple[int, int, int]], Any]] = field(default_factory=list)
+    rewards: list[Any] = field(default_factory=list)  # the reward actors
+    last: list[Any] = field(default_factory=list)  # each reward actor's call of ours in flight
+    thread: threading.Thread | None = None
+    error: BaseException | None = None
+    restart_due: bool = False
+    sent: int = 0
+    idle_seconds: float = 0.0  # the engine had nothing to generate
+    tokens: int = 0  # completion tokens of finished requests
+    restarted: int = 0  # requests started again from their prompts after a weight load
+
+
 class RolloutWorker:
     """Ray actor body (wrapped with ray.remote by the driver)."""
 
@@ -85,8 +128,16 @@ class RolloutWorker:
 
             runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
             self.routing = VllmRoutingRecorder(runner)
+        self.partial = cfg.partial
+        self._engine_lock = threading.Lock()  # one engine step, request admission or weight load at a time
+        self._stream = _Stream()
         self.version = 0
+        self._label_version()
         self.startup_seconds = time.perf_counter() - t0
+
+    def _label_version(self) -> None:
+        # vLLM labels every sampled token with the weight version set when it was sampled.
+        self.llm.llm_engine.set_weight_version(str(self.version))
 
     def info(self) -> dict[str, Any]:
         return {"startup_seconds": self.startup_seconds, "version": self.version, "pid": os.getpid()}
@@ -110,6 +161,10 @@ class RolloutWorker:
         samples = []
         for k, comp in enumerate(out.outputs):
             token_ids = list(comp.token_ids)
+            versions = [int(span.version) for span in comp.weight_versions or []
+                        for _ in range(span.start, span.end)]
+            if len(versions) != len(token_ids):  # no labels reported: the engine's current version
+                versions = [self.version] * len(token_ids)
             samples.append(
                 Sample(
                     prompt_id=row["id"],
@@ -122,7 +177,8 @@ class RolloutWorker:
                     completion_ids=token_ids,
                     rollout_logprobs=[lp[t].logprob for lp, t in zip(comp.logprobs, token_ids)],
                     finish_reason="length" if comp.finish_reason == "length" else "stop",
-                    policy_version=self.version,
+                    policy_version=min(versions, default=self.version),
+                    token_versions=versions,
                     routed_experts=None if routing is None else routing.take_output(
                         out.request_id, comp.index, n, len(ids) + len(token_ids) - 1
                     ),
@@ -148,7 +204,9 @@ class RolloutWorker:
             row_of = {rid.split("-")[0]: i for i, rid in enumerate(added)}
             while engine.has_unfinished_requests():
                 done = {}
-                for out in engine.step():
+                with self._engine_lock:
+                    outputs = engine.step()
+                for out in outputs:
                     if out.finished:
                         finished.add(out.request_id)
                         i = row_of[out.request_id]
@@ -210,6 +268,124 @@ class RolloutWorker:
             send(len(calls) % len(reward_actors))
         return calls
 
+    # ---- streaming (asynchronous training) -------------------------------------------------------
+
+    def submit(self, tag: int, rows: list[dict[str, Any]], reward_actors: list[Any], *, n: int,
+               temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 16,
+               record_routing: bool = True) -> None:
+        """Queue `n` completions for each row and return at once; a generation thread keeps the engine
+        stepping while anything is queued or in flight, weight loads landing between its steps.
+
+        Each finished row's group goes to a reward actor as in `generate_scored` (an idle one at once,
+        else batched until one is idle); `collect` hands out those calls, tagged with `tag`.
+        """
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0)
+        ids = [self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] for row in rows]
+        st = self._stream
+        with st.cond:
+            if st.error is not None:
+                raise RuntimeError("the engine's generation thread failed") from st.error
+            if not st.rewards:
+                st.rewards, st.last = list(reward_actors), [None] * len(reward_actors)
+            st.queued.append(_Job(tag, list(rows), ids, params, record_routing and self.routing is not None))
+            if st.thread is None:
+                st.thread = threading.Thread(target=self._serve, name="rollout-stream", daemon=True)
+                st.thread.start()
+            st.cond.notify_all()
+
+    def collect(self, timeout: float = 1.0) -> dict[str, Any]:
+        """The scoring calls sent since the last collect, waiting up to `timeout` s for one: `calls` is
+        [([(tag, row index, completions), ...], ObjectRef of the reward actor's (samples, stats))],
+        samples in the listed order; plus the engine's counters and weight version."""
+        st = self._stream
+        with st.cond:
+            st.cond.wait_for(lambda: st.outbox or st.error is not None, timeout=timeout)
+            if st.error is not None:
+                raise RuntimeError("the engine's generation thread failed") from st.error
+            calls, st.outbox = st.outbox, []
+            return {"calls": calls, "idle_seconds": st.idle_seconds, "tokens": st.tokens,
+                    "restarted": st.restarted, "version": self.version,
+                    "in_flight": len(st.live) + sum(len(j.rows) for j in st.queued)}
+
+    def _serve(self) -> None:
+        """The generation thread: admit queued rows, restart after a weight load when asked, step."""
+        st, engine = self._stream, self.llm.llm_engine
+        try:
+            while True:
+                with st.cond:
+                    if not st.queued and not st.live:
+                        self._send_ready(force=True)
+                        t0 = time.perf_counter()
+                        st.cond.wait_for(lambda: st.queued)
+                        st.idle_seconds += time.perf_counter() - t0
+                    jobs, st.queued = st.queued, []
+                with self._engine_lock:
+                    for job in jobs:
+                        self._admit(job, list(range(len(job.rows))))
+                    if st.restart_due:
+                        self._restart_live()
+                    outputs = engine.step() if engine.has_unfinished_requests() else []
+                finished = []
+                for out in outputs:
+                    if out.finished:
+                        job, i, _ = st.live.pop(out.request_id)
+                        group = self._group(job.rows[i], job.prompt_ids[i], out, job.params.n,
+                                            self.routing if job.record_routing else None)
+                        finished.append((job, i, group))
+                with st.cond:
+                    st.tokens += sum(len(s.completion_ids) for _, _, g in finished for s in g)
+                    st.ready += finished
+                    self._send_ready(force=False)
+        except BaseException as exc:  # reported to the driver by the next collect or submit
+            with st.cond:
+                st.error = exc
+                st.cond.notify_all()
+
+    def _admit(self, job: _Job, rows: list[int]) -> None:
+        """Put `job`'s `rows` into the engine (the engine lock held)."""
+        st = self._stream
+        if job.record_routing and not self.routing.enabled:
+            self.routing.start()  # nothing of ours is in flight, so nothing recorded is dropped
+        added = self.llm.enqueue([{"prompt_token_ids": job.prompt_ids[i]} for i in rows], job.params, use_tqdm=False)
+        for i, rid in zip(rows, added):
+            # The engine's request ids are "<counter>-<random suffix>"; outputs carry the counter part.
+            st.live[rid.split("-")[0]] = (job, i, rid)
+
+    def _restart_live(self) -> None:
+        """rollout.partial=restart: requests in flight start again from their prompts under the new weights."""
+        st = self._stream
+        st.restart_due = False
+        entries = list(st.live.values())
+        if not entries:
+            return
+        st.live.clear()
+        self.llm.llm_engine.abort_request([rid for _, _, rid in entries], internal=True)
+        if self.routing is not None:
+            self.routing.discard([rid for _, _, rid in entries])
+        by_job: dict[int, tuple[_Job, list[int]]] = {}
+        for job, i, _ in entries:
+            by_job.setdefault(id(job), (job, []))[1].append(i)
+        for job, rows in by_job.values():
+            self._admit(job, rows)
+        st.restarted += len(entries)
+
+    def _send_ready(self, force: bool) -> None:
+        """Finished groups to a reward actor with no call of ours in flight (any, when `force`); `cond` held."""
+        st = self._stream
+        if not st.ready:
+            return
+        idle = [a for a, ref in enumerate(st.last) if ref is None or ray.wait([ref], timeout=0)[0]]
+        if not idle and not force:
+            return
+        actor = idle[0] if idle else st.sent % len(st.rewards)
+        groups, st.ready = st.ready, []
+        st.last[actor] = st.rewards[actor].score.remote([s for _, _, g in groups for s in g])
+        st.outbox.append(([(job.tag, i, len(g)) for job, i, g in groups], st.last[actor]))
+        st.sent += 1
+        st.cond.notify_all()
+
     def rng_state(self) -> Any:
         """The sampler's random state: vLLM's CPU sampler draws its Gumbel noise from this process's
         global torch generator, so this state fixes the samples still to come."""
@@ -224,14 +400,24 @@ class RolloutWorker:
         if rng_state is not None:
             torch.set_rng_state(rng_state)
         self.version = version
+        self._label_version()
 
     def load_weights(self, weights: dict, version: int) -> float:
-        """Write Hugging Face-named weights into the engine in place; returns seconds spent."""
+        """Write Hugging Face-named weights into the engine in place; returns seconds spent.
+
+        While the engine streams (`submit`), the load lands between two engine steps: requests in
+        flight continue under the new weights (their tokens keep the version that sampled them) or,
+        with `rollout.partial=restart`, start again from their prompts.
+        """
         from rl.weight_sync import load_hf_weights
 
         t0 = time.perf_counter()
-        self.llm.llm_engine.apply_model(lambda model: load_hf_weights(model, weights.items()))
-        self.version = version
+        with self._engine_lock:
+            self.llm.llm_engine.apply_model(lambda model: load_hf_weights(model, weights.items()))
+            self.version = version
+            self._label_version()
+            if self.partial == "restart":
+                self._stream.restart_due = True
         return time.perf_counter() - t0
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:

@@ -291,6 +291,13 @@ class VllmRoutingRecorder:
             out[pos[keep]] = ids[keep]
         return out
 
+    def discard(self, request_ids: list[str]) -> None:
+        """Drop what was recorded for engine requests `request_ids` (aborted) and their parallel-sampling children."""
+        gone = set(request_ids)
+        for rid in list(self._records):
+            if rid in gone or rid.partition("_")[2] in gone:
+                del self._records[rid]
+
     def request_ids(self) -> list[str]:
         return list(self._records)
 

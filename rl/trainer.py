@@ -181,7 +181,11 @@ class TrainerWorker:
         )  # [b, T]
         old_lp = logprobs.detach() if old is None else pad_rows(old, t)  # [b, T]
         rollout_lp = objective.rollout_logprobs(chosen, t)  # [b, T]
-        stats.add_gaps(chosen, objective.token_gaps(old_lp, rollout_lp, [len(s.completion_ids) for s in chosen]))
+        gaps = objective.token_gaps(old_lp, rollout_lp, [len(s.completion_ids) for s in chosen])
+        current, stale = objective.split_by_version(gaps, chosen, self.version)
+        stats.add_gaps(chosen, current)
+        if stale.numel() and scale > 0:  # tokens sampled by older weights (asynchronous training)
+            stats.add({"rollout/offpolicy_logprob_abs_diff_mean": stale.mean().item()})
         valid = batch.attention_mask.flatten().bool()  # [B * S]
         if scale > 0 and self.replay and self.replay.logits:  # expert load and router entropy per domain
             stats.count_experts([s.domain for s in chosen], valid, self.replay.used, self.replay.logits,

@@ -26,7 +26,10 @@ class Sample:
     completion_ids: list[int] = field(default_factory=list)
     rollout_logprobs: list[float] = field(default_factory=list)  # one per completion token
     finish_reason: str = ""  # "stop" (EOS) or "length" (truncated)
-    policy_version: int = 0  # version of the weights that generated it
+    policy_version: int = 0  # version of the weights that generated its oldest token
+    # The policy version that sampled each completion token (asynchronous training: an update can
+    # land mid-completion); empty = `policy_version` throughout.
+    token_versions: list[int] = field(default_factory=list)
     # [positions, layers, top_k] int16 experts each prompt/completion token was routed to in the
     # engine (the last completion token is never run); None when routing is not recorded.
     routed_experts: Any = None

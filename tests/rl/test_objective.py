@@ -134,3 +134,64 @@ def test_unknown_algorithm_names_are_config_errors_naming_the_key(key):
     assert load_config(None, [f"train.{key}=nope"]).train  # the config tree alone knows no algorithm names
     with pytest.raises(ConfigError, match=rf"config key 'train.{key}' must be one of \[.*\], got 'nope'"):
         load_config(None, [f"train.{key}=nope"], checks={"train": check_names})
+
+
+# ---- off-policy corrections (asynchronous training) ----------------------------------------------
+
+
+def test_behaviour_weights_closed_form_and_cap():
+    prox = torch.tensor([[-1.0, -2.0, -0.5]])
+    behav = torch.tensor([[-1.5, -2.0, -0.1]])
+    w = algos.behaviour_weights(prox, behav)
+    assert torch.allclose(w, torch.exp(prox - behav))
+    assert torch.allclose(algos.behaviour_weights(prox, behav, cap=1.2), torch.exp(prox - behav).clamp(max=1.2))
+    with pytest.raises(ValueError):
+        algos.behaviour_weights(prox, behav, cap=0.0)
+
+
+def test_decoupled_loss_is_ppo_against_the_proximal_policy_times_the_behaviour_weight():
+    mb = _batch(3)
+    norm = _norm(mb)
+    loss, metrics = micro_batch_loss(mb, TrainConfig(decoupled="on"), norm, max_len=5, top_k=2)
+    per_token, _ = algos.ppo_clip_loss(mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask, clip_low=0.2,
+                                       clip_high=0.2)
+    w = torch.exp(mb.old_logprobs - mb.rollout_logprobs)
+    expected = (per_token * w * mb.mask).sum() / norm.tokens
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert metrics["train/behaviour_weight_mean"] == pytest.approx(algos.masked_mean(w, mb.mask).item(), rel=1e-6)
+    # The ratio is clipped against the proximal policy, not the behaviour one: moving the behaviour
+    # log-probs rescales each token's loss but never changes which tokens are clipped.
+    shifted = dataclasses.replace(mb, rollout_logprobs=mb.rollout_logprobs - 0.7)
+    loss2, _ = micro_batch_loss(shifted, TrainConfig(decoupled="on"), norm, max_len=5, top_k=2)
+    assert loss2.item() == pytest.approx(loss.item() * float(torch.exp(torch.tensor(0.7))), rel=1e-5)
+
+
+def test_on_policy_samples_reduce_decoupled_and_tis_to_plain_ppo_exactly():
+    """max_staleness=0: every token sampled by the proximal policy, so w = 1 and the loss is today's."""
+    mb = _batch(5)
+    on_policy = dataclasses.replace(mb, rollout_logprobs=mb.old_logprobs.clone())
+    norm = _norm(mb)
+    plain, _ = micro_batch_loss(on_policy, TrainConfig(), norm, max_len=5, top_k=2)
+    for cfg in (TrainConfig(decoupled="on"), TrainConfig(decoupled="on", tis_cap=2.0), TrainConfig(tis_cap=2.0)):
+        loss, _ = micro_batch_loss(on_policy, cfg, norm, max_len=5, top_k=2)
+        assert loss.item() == plain.item()
+    off = TrainConfig(decoupled="off")  # "off" and the default leave the loss untouched whatever the behaviour
+    assert micro_batch_loss(mb, off, norm, max_len=5, top_k=2)[0].item() == micro_batch_loss(
+        mb, TrainConfig(), norm, max_len=5, top_k=2)[0].item()
+
+
+def test_tis_weights_are_capped_ratios_to_the_rollout_policy():
+    old = torch.tensor([[-1.0, -0.2]])
+    roll = torch.tensor([[-1.1, -2.0]])
+    assert torch.allclose(algos.truncated_is_weights(old, roll, 2.0), torch.tensor([[float(torch.exp(torch.tensor(0.1))), 2.0]]))
+
+
+def test_split_by_version_separates_the_current_policy_tokens():
+    from rl.objective import split_by_version
+
+    gaps = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5])]
+    samples = [Sample("a", "math", "", [1], token_versions=[2, 3, 3], policy_version=2),
+               Sample("b", "math", "", [1], policy_version=3)]
+    current, stale = split_by_version(gaps, samples, version=3)
+    assert [c.tolist() for c in current] == [pytest.approx([0.2, 0.3]), pytest.approx([0.4, 0.5])]
+    assert stale.tolist() == pytest.approx([0.1])

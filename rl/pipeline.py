@@ -1,0 +1,277 @@
+"""Asynchronous training within a staleness bound (`rollout.max_staleness` K >= 1; StaleSync-style).
+
+The engines generate continuously (`RolloutWorker.submit`): each step's prompts go out as soon as
+the staleness bound allows, finished groups go straight to the reward actors, and the trainer
+takes a step's batch as soon as its groups are scored. New weights reach the engines between two
+engine steps while they generate (requests in flight continue under them, or restart).
+
+Staleness. A token sampled by policy version u and trained by version v is v - u versions stale.
+Step j trains at most at version V + (j - s) when V updates have been submitted and step s is the
+next to train, so the prompts of step j go out only once every engine holds a version
+>= V + (j - s) - K: every token of step j is then at most K versions stale when it trains (K = 1:
+step s + 1 generates while step s trains). Groups that would exceed K anyway are dropped and
+counted (`rollout/stale_dropped_groups`).
+
+The miner is the same as in the synchronous loop, one `StepFill` per step; several are open at once
+and take their groups as they come back. A checkpoint first lets every draw in flight finish (the
+ledger records each group when it is scored), then saves the open steps beside the miner, so a
+resumed run neither repeats nor skips a prompt.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rl.config import Config
+from rl.metrics import PhaseTimer, machine_busy
+from rl.types import Sample
+
+PENDING = "pending_steps.pkl"  # the open steps of an asynchronous run's checkpoint
+COLLECT_TIMEOUT_S = 1.0  # an engine's collect call returns empty after this, and is asked again
+
+
+class EngineStream:
+    """The driver's side of streaming generation: draws out to the engines, scored groups back."""
+
+    def __init__(self, actors: Any, sampling: dict[str, Any]) -> None:
+        self.rollouts, self.rewards, self.sampling = actors.rollouts, actors.rewards, sampling
+        self.next_tag = 0
+        self.parts: dict[int, list[list[int]]] = {}  # tag -> per engine, the draw's row indices it got
+        self.load = [0] * len(self.rollouts)  # rows in flight per engine
+        self.collecting: dict[Any, int] = {}  # collect call in flight -> engine
+        self.scoring: dict[Any, tuple[int, list[tuple[int, int, int]]]] = {}  # reward call -> engine, groups
+        self.counters: list[dict[str, Any]] = [{} for _ in self.rollouts]  # each engine's latest counters
+
+    def submit(self, rows: list[dict[str, Any]], n: int) -> int:
+        """Deal `rows` over the engines, least loaded first; returns the draw's tag."""
+        tag, self.next_tag = self.next_tag, self.next_tag + 1
+        order = sorted(range(len(self.rollouts)), key=lambda e: self.load[e])
+        parts: list[list[int]] = [[] for _ in self.rollouts]
+        for j in range(len(rows)):
+            parts[order[j % len(order)]].append(j)
+        for e, idx in enumerate(parts):
+            if idx:
+                self.rollouts[e].submit.options(concurrency_group="stream").remote(tag, [rows[j] for j in idx], self.rewards, n=n, **self.sampling)
+                self.load[e] += len(idx)
+        self.parts[tag] = parts
+        for e, engine in enumerate(self.rollouts):
+            if e not in self.collecting.values():
+                self.collecting[engine.collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+        return tag
+
+    def wait(self, timeout: float, others: list[Any]) -> tuple[list[tuple[int, int, list[Sample]]], dict, list]:
+        """Wait up to `timeout` s for anything: returns the groups scored since ((tag, row, samples)),
+        the reward stats of their calls summed, and which of `others` are ready."""
+        refs = [*self.collecting, *self.scoring, *others]
+        if not refs:
+            return [], {}, []
+        ray.wait(refs, num_returns=1, timeout=timeout)
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        groups: list[tuple[int, int, list[Sample]]] = []
+        stats: dict[str, float] = {}
+        for ref in [r for r in self.collecting if r in ready]:
+            e = self.collecting.pop(ref)
+            self.counters[e] = info = ray.get(ref)
+            for calls, score_ref in info["calls"]:
+                self.scoring[score_ref] = (e, calls)
+            if any(self.load) or self.scoring:
+                self.collecting[self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+        for ref in [r for r in self.scoring if r in ready]:
+            e, calls = self.scoring.pop(ref)
+            samples, call_stats = ray.get(ref)
+            for key, value in call_stats.items():
+                stats[key] = stats.get(key, 0.0) + value
+            pos = 0
+            for tag, local_row, count in calls:
+                groups.append((tag, self.parts[tag][e][local_row], samples[pos:pos + count]))
+                pos += count
+                self.load[e] -= 1
+        return groups, stats, [r for r in others if r in ready]
+
+    def ensure_collecting(self) -> None:
+        for e, engine in enumerate(self.rollouts):
+            if e not in self.collecting.values():
+                self.collecting[engine.collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+
+    def idle_seconds(self) -> float:
+        """The engines' idle seconds so far (nothing queued or in flight), summed."""
+        return sum(c.get("idle_seconds", 0.0) for c in self.counters)
+
+    def restarted(self) -> int:
+        return sum(c.get("restarted", 0) for c in self.counters)
+
+
+class Pipeline:
+    """Steps of an asynchronous run: open steps' draws streamed to the engines, batches trained,
+    weights published to the engines without waiting for them."""
+
+    def __init__(self, cfg: Config, actors: Any, miner: Any, version: int, resume: str | None = None) -> None:
+        self.cfg, self.actors, self.miner, self.k = cfg, actors, miner, cfg.rollout.max_staleness
+        sampling = dict(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        max_new_tokens=cfg.rollout.max_new_tokens)
+        self.stream = EngineStream(actors, sampling)
+        self.fills: dict[int, Any] = {}  # step -> its StepFill, open
+        if resume and (Path(resume) / PENDING).exists():
+            with open(Path(resume) / PENDING, "rb") as f:
+                self.fills = {step: fill.attach(miner) for step, fill in pickle.load(f).items()}
+        self.draws: dict[int, tuple[int, Any]] = {}  # tag -> (step, Draw) in flight
+        self.version = version  # updates submitted to the trainer
+        self.engine_versions = [version] * len(actors.rollouts)  # the weights each engine holds
+        self.loads: dict[Any, tuple[int, int]] = {}  # weight load in flight -> (engine, version)
+        self.reward_stats: dict[str, float] = {}
+        self.sync_seconds: list[float] = []
+        self.draining = False
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @property
+    def engine_version(self) -> int:
+        """The version every engine holds (at least)."""
+        return min(self.engine_versions)
+
+    def _open(self, next_step: int) -> None:
+        """Open the steps from `next_step` on whose prompts may go out now (see the module docstring)."""
+        last = min(next_step + self.k, self.cfg.run.steps - 1)
+        for j in range(next_step, last + 1):
+            if j not in self.fills:
+                if self.engine_version < self.version + (j - next_step) - self.k:
+                    return
+                self.fills[j] = self.miner.plan_step(j)
+
+    def _feed(self, next_step: int) -> None:
+        """Every open step's due draws out to the engines, earliest step first."""
+        if self.draining:
+            return
+        self._open(next_step)
+        for j in sorted(self.fills):
+            while (draw := self.fills[j].next_draw()) is not None:
+                self.draws[self.stream.submit(draw.rows, draw.n)] = (j, draw)
+
+    def _pump(self, timeout: float, others: list[Any] = ()) -> list[Any]:
+        """One wait: scored groups into their steps, acknowledged weight loads; returns the ready `others`."""
+        groups, stats, ready = self.stream.wait(timeout, [*self.loads, *others])
+        for key, value in stats.items():
+            self.reward_stats[key] = self.reward_stats.get(key, 0.0) + value
+        by_tag: dict[int, list[Sample]] = {}
+        for tag, _, samples in groups:
+            by_tag.setdefault(tag, []).extend(samples)
+        for tag, samples in by_tag.items():
+            step, draw = self.draws[tag]
+            self.fills[step].add(draw, samples)
+            if draw.scored >= len(draw.rows):
+                del self.draws[tag]
+        loaded = [r for r in ready if r in self.loads]
+        for ref in loaded:
+            self.sync_seconds.append(ray.get(ref))
+            engine, version = self.loads.pop(ref)
+            self.engine_versions[engine] = max(self.engine_versions[engine], version)
+        return [r for r in ready if r not in loaded]
+
+    def next_batch(self, step: int) -> Any:
+        """Step `step`'s batch, once its groups are scored (generation for later steps goes on)."""
+        while step not in self.fills or not self.fills[step].settled():
+            self._feed(step)
+            if step in self.fills and self.fills[step].settled():
+                break
+            self.stream.ensure_collecting()
+            self._pump(COLLECT_TIMEOUT_S)
+        batch = self.fills.pop(step).finish()
+        return self._fresh(batch)
+
+    def _fresh(self, batch: Any) -> Any:
+        """Drop the groups whose oldest token would train a policy more than K versions newer."""
+        stale = {s.prompt_id for s in batch.train if self.version - s.policy_version > self.k}
+        if stale:
+            batch.train = [s for s in batch.train if s.prompt_id not in stale]
+        batch.metrics["rollout/stale_dropped_groups"] = float(len(stale))
+        return batch
+
+    # ---- training --------------------------------------------------------------------------------
+
+    def train(self, batch: Any, step: int, timer: PhaseTimer) -> dict[str, Any]:
+        """Train on `batch` while the engines generate for the coming steps; the new weights go to
+        every engine as soon as the trainer has them (they land between two engine steps)."""
+        trainer = self.actors.trainer
+        done = trainer.train_step.remote(batch.train)
+        weights = trainer.weights.remote()  # queued behind the update: the new weights
+        self.version += 1
+        for e, engine in enumerate(self.actors.rollouts):
+            self.loads[engine.load_weights.options(concurrency_group="weights").remote(weights, self.version)] = (e, self.version)
+        with timer("train"):
+            while not self._pump(0.05, [done]):
+                self._feed(step + 1)
+        return ray.get(done)
+
+    def drain(self, next_step: int) -> None:
+        """Let every draw and weight load in flight finish; nothing new goes out until `resume_feeding`."""
+        self.draining = True
+        while self.draws or self.loads:
+            self.stream.ensure_collecting()
+            self._pump(COLLECT_TIMEOUT_S)
+
+    def resume_feeding(self) -> None:
+        self.draining = False
+
+    def step_metrics(self, idle_before: float, trainer_idle: float, busy: float) -> dict[str, float]:
+        """What this step's stream did: reward stats, sync seconds, idle seconds, restarts, busy cores."""
+        out = {**self.reward_stats, "time/engine_idle": self.stream.idle_seconds() - idle_before,
+               "time/trainer_idle": trainer_idle, "perf/cores_busy_fraction": busy,
+               "rollout/restarted_requests": float(self.stream.restarted()),
+               "rollout/engine_version": float(self.engine_version)}
+        if self.sync_seconds:
+            out["time/weight_sync_engine"] = max(self.sync_seconds)
+        self.reward_stats, self.sync_seconds = {}, []
+        return out
+
+
+class PipelineState:
+    """An asynchronous run's data side for `rl.checkpoint.save`: the miner, and the steps still open."""
+
+    def __init__(self, miner: Any, pipeline: Pipeline) -> None:
+        self.miner, self.pipeline = miner, pipeline
+
+    @property
+    def totals(self) -> Any:
+        return self.miner.totals
+
+    def save(self, path: str | Path) -> Any:
+        with open(Path(path) / PENDING, "wb") as f:
+            pickle.dump(self.pipeline.fills, f)
+        return self.miner.save(path)
+
+    def load(self, path: str | Path) -> None:
+        self.miner.load(path)
+
+
+def run_async(cfg: Config, actors: Any, miner: Any, log: Any, run_dir: Path, step_metrics: Any, save: Any,
+              deadline: float | None = None, start: int = 0, version: int = 0) -> tuple[int, PipelineState]:
+    """Steps `start`..run.steps-1 of an asynchronous run; returns the steps done and the state to
+    checkpoint. `step_metrics(batch, reward_stats, train_stats, timer, step)` makes a step's record;
+    `save(data, path, step)` writes a checkpoint."""
+    pipe = Pipeline(cfg, actors, miner, version, resume=cfg.run.resume)
+    state = PipelineState(miner, pipe)
+    busy = machine_busy()
+    for step in range(start, cfg.run.steps):
+        if deadline is not None and time.time() >= deadline:
+            print(f"run.max_seconds reached at step {step}", flush=True)
+            pipe.drain(step)
+            return step, state
+        timer, idle_before = PhaseTimer(), pipe.stream.idle_seconds()
+        t0 = time.perf_counter()
+        with timer("wait_batch"):  # the trainer is idle while the batch fills
+            batch = pipe.next_batch(step)
+        train_stats = pipe.train(batch, step, timer) if batch.train else {}
+        timer.seconds["time/step"] = time.perf_counter() - t0
+        stream = pipe.step_metrics(idle_before, timer.seconds["time/wait_batch"], busy())
+        log.log(step, step_metrics(batch, stream, train_stats, timer, step))
+        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
+            pipe.drain(step + 1)
+            save(state, run_dir / f"checkpoint-{step + 1}", step + 1)
+            pipe.resume_feeding()
+    pipe.drain(cfg.run.steps)
+    return cfg.run.steps, state
