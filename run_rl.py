@@ -52,7 +52,7 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
         if deadline is not None and time.time() >= deadline:
             print(f"run.max_seconds reached at step {step}", flush=True)
             return step
-        timer, reward_stats = PhaseTimer(), {}
+        timer, reward_stats, t0 = PhaseTimer(), {}, time.perf_counter()
         fill = miner.plan_step(step)
         while (draw := fill.next_draw()) is not None:  # draw: prompts from the ledger (re-mining first)
             samples, stats = generate_and_score(actors, draw.rows, overlap=cfg.reward.overlap, timer=timer,
@@ -66,6 +66,7 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
                 train_stats = ray.get(actors.trainer.train_step.remote(batch.train))
             with timer("sync"):
                 train_stats["time/weight_sync_engine"] = sync_weights(actors, int(train_stats["policy_version"]))
+        timer.seconds["time/step"] = time.perf_counter() - t0
         log.log(step, step_metrics(batch, reward_stats, train_stats, timer, step, cfg.rollout.logprob_gap_warn))
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
             checkpoint.save(cfg, actors, miner, run_dir / f"checkpoint-{step + 1}", step + 1)

@@ -289,7 +289,7 @@ def step_metrics(batch: Any, reward_stats: dict[str, float], train_stats: dict[s
     # Asynchronous steps generate throughout (`time/step`); synchronous ones in their generate phase.
     seconds = timer.seconds.get("time/generate") or timer.seconds["time/step"]
     metrics = {**sample_metrics(batch.generated), **reward_stats, **batch.metrics, **train_stats, **timer.seconds,
-               "perf/tokens_per_second": tokens / seconds}
+               "perf/tokens_per_second": tokens / seconds, "perf/generated_tokens": float(tokens)}
     gap = metrics.get("rollout/logprob_abs_diff_max", 0.0)
     if gap > gap_warn:
         print(f"WARNING: rollout/trainer log-prob gap {gap:.2e} exceeds {gap_warn:.0e} at step {step}", flush=True)
