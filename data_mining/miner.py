@@ -260,7 +260,6 @@ class StepFill:
         self.target = miner.prompts_per_step
         self.budget = math.floor(cfg.overdraw_budget * self.target) if cfg.enabled else self.target
         self.metrics: dict[str, float] = {}
-        self.spent_before = miner.totals["rollouts"]
         self.generated: list[Sample] = []
         self.train: list[Sample] = []
         self.reasons: Counter = Counter()
@@ -364,7 +363,8 @@ class StepFill:
         miner.totals["useful_groups"] += useful
         short = cfg.enabled and useful < self.target
         miner.totals["short_batches"] += short
-        spent = miner.totals["rollouts"] - self.spent_before
+        # This step's rollouts: its groups and its re-estimates (other steps' fills may be open too).
+        spent = len(self.generated) + int(self.metrics.get("mining/remine_rollouts", 0))
         metrics = self.metrics
         metrics.update({
             **self.reasons,

@@ -137,8 +137,10 @@ class Progress:
         self.body = (
             f"reward {m.get('reward/mean', 0.0):.3f} pass {m.get('reward/pass_rate', 0.0):.3f} | "
             f"{m.get('perf/tokens_per_second', 0.0):.0f} tok/s | {phases} | "
-            f"gap {m.get('rollout/logprob_abs_diff_max', 0.0):.1e}"
+            + (f"gap {m['rollout/logprob_abs_diff_max']:.1e}" if "rollout/logprob_abs_diff_max" in m else "gap n/a")
         )
+        if m.get("rollout/staleness_max"):  # asynchronous training: how old the batch's tokens were
+            self.body += f" | stale {m['rollout/staleness_max']:.0f}"
         if self.in_place:
             self._draw(f"{self.head} | {self.body}")
         else:

@@ -209,8 +209,9 @@ def gap_metrics(by_domain: dict[str, Tensor]) -> dict[str, float]:
     """The log-prob gap's max and mean over every token, and its max per domain."""
     out = {f"rollout/logprob_abs_diff_max/{d}": v.max().item() for d, v in by_domain.items() if v.numel()}
     gap = torch.cat(list(by_domain.values())) if by_domain else torch.zeros(0)
-    out["rollout/logprob_abs_diff_max"] = gap.max().item() if gap.numel() else 0.0
-    out["rollout/logprob_abs_diff_mean"] = gap.mean().item() if gap.numel() else 0.0
+    if gap.numel():  # none when every token was sampled by older weights (asynchronous training)
+        out["rollout/logprob_abs_diff_max"] = gap.max().item()
+        out["rollout/logprob_abs_diff_mean"] = gap.mean().item()
     return out
 
 

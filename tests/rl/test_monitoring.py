@@ -85,7 +85,8 @@ class _Terminal(io.StringIO):
         return True
 
 
-STEP = {"reward/mean": 0.25, "reward/pass_rate": 0.5, "perf/tokens_per_second": 1234.0, "time/generate": 1.5}
+STEP = {"reward/mean": 0.25, "reward/pass_rate": 0.5, "perf/tokens_per_second": 1234.0, "time/generate": 1.5,
+        "rollout/logprob_abs_diff_max": 2e-6}
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal():
@@ -98,8 +99,12 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
     lines = out.getvalue().split("\n")
     assert "\r" not in out.getvalue() and "\033" not in out.getvalue()
     assert re.fullmatch(r"step 1/4 \| eta \d+:\d\d:\d\d \| reward 0\.250 pass 0\.500 \| 1234 tok/s \| "
-                        r"generate 1\.5s \| gap 0\.0e\+00", lines[0]), lines[0]
+                        r"generate 1\.5s \| gap 2\.0e-06", lines[0]), lines[0]
     assert lines[1].startswith("step 2/4 | eta ")
+    # An asynchronous step whose tokens all came from older weights has no gap to show, and says how stale.
+    progress = Progress(4, "lines", stream=out)
+    progress.step(2, {"reward/mean": 0.5, "time/train": 0.3, "rollout/staleness_max": 1.0})
+    assert out.getvalue().rstrip().endswith("train 0.3s | gap n/a | stale 1")
     assert lines[2:] == [""]
 
 
