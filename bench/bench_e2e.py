@@ -130,7 +130,7 @@ def trl_worker(args: argparse.Namespace, out: Path) -> None:
     by_id = {r["id"]: r for r in train}
 
     def reward(prompts, completions, row_id, **_):
-        samples = [Sample(i, by_id[i]["domain"], p, reference=dict(by_id[i].get("reference", {})), completion=c)
+        samples = [Sample(i, by_id[i]["domain"], p, [], reference=dict(by_id[i].get("reference", {})), completion=c)
                    for p, c, i in zip(prompts, completions, row_id)]
         return [s.reward for s in score_samples(samples, routes)[0]]
 
@@ -318,10 +318,11 @@ def report(runs: dict[str, dict], start_rate: float, target: float | None, cpu: 
     for name in MODES:
         if "steps_per_s" in runs.get(name, {}) and "steps_per_s" in runs.get("trl", {}):
             ratios[f"{name}/trl steps_per_s"] = runs[name]["steps_per_s"] / runs["trl"]["steps_per_s"]
-    if "engine" in runs and "generate_tokens_per_s" in sync:
-        ratios["sync generation / bare engine tokens_per_s"] = (
-            sync["generate_tokens_per_s"] / runs["engine"]["best_tokens_per_s"])
-        print(f"bare engine tokens/s: " + ", ".join(f"{k} {v:.0f}" for k, v in runs["engine"].items()))
+    if "engine" in runs:
+        print("bare engine tokens/s: " + ", ".join(f"{k} {v:.0f}" for k, v in runs["engine"].items()))
+        if "generate_tokens_per_s" in sync:
+            ratios["sync generation / bare engine tokens_per_s"] = (
+                sync["generate_tokens_per_s"] / runs["engine"]["best_tokens_per_s"])
     for key, value in ratios.items():
         print(f"  {key}: {value:.2f}")
     return {"cpu": cpu, "start_heldout": start_rate, "target": target, "runs": runs, "ratios": ratios}
