@@ -19,8 +19,8 @@ from data_mining.tasks import check_task_names
 from rewards.pool import RewardWorker, prepare_reward_config
 from rewards.registry import check_routes
 from rl import checkpoint
-from rl.actors import (Actors, add_stats, build_actors, evaluate, frozen_gc, generate_and_score, offline_pass,
-                       start_ray, sync_weights)
+from rl.actors import (Actors, add_stats, build_actors, busy_meter, evaluate, frozen_gc, generate_and_score,
+                       offline_pass, start_ray, sync_weights)
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step_metrics
 from rl.objective import check_names
@@ -48,6 +48,7 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
     """The RL steps `start`..run.steps-1; returns the steps done (fewer when the deadline passes)."""
     sampling = dict(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                     max_new_tokens=cfg.rollout.max_new_tokens)
+    busy = busy_meter(actors)
     for step in range(start, cfg.run.steps):
         if deadline is not None and time.time() >= deadline:
             print(f"run.max_seconds reached at step {step}", flush=True)
@@ -67,6 +68,7 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
             with timer("sync"):
                 train_stats["time/weight_sync_engine"] = sync_weights(actors, int(train_stats["policy_version"]))
         timer.seconds["time/step"] = time.perf_counter() - t0
+        reward_stats["perf/cores_busy_fraction"] = busy()
         log.log(step, step_metrics(batch, reward_stats, train_stats, timer, step, cfg.rollout.logprob_gap_warn))
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
             checkpoint.save(cfg, actors, miner, run_dir / f"checkpoint-{step + 1}", step + 1)

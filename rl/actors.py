@@ -13,7 +13,7 @@ from typing import Any
 import ray
 
 from rl.config import Config
-from rl.metrics import PhaseTimer
+from rl.metrics import PhaseTimer, cores_busy
 from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
 from rl.trainer import TrainerWorker
 from rl.types import Sample
@@ -106,6 +106,24 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     )
     ray.get([r.info.remote() for r in rollouts + rewards] + [trainer.state.remote()])
     return Actors(rollouts, rewards, trainer)
+
+
+def _place(actor: Any) -> tuple[str, int]:
+    import ray as _ray
+
+    return _ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+def busy_meter(actors: Actors) -> Any:
+    """`rl.metrics.cores_busy` over the run's processes on this node (the driver and the actors placed
+    here) and this node's cores (its Ray CPUs, at most its real cores): the share of what the run
+    holds here that it keeps busy. Actors on other nodes are not counted."""
+    node = ray.get_runtime_context().get_node_id()
+    handles = [*actors.rollouts, *actors.rewards, actors.trainer]
+    places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in handles])
+    pids = [os.getpid(), *(pid for where, pid in places if where == node)]
+    logical = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
+    return cores_busy(pids, min(logical, float(os.cpu_count() or 1)))
 
 
 def _split(items: list, parts: int) -> list[list]:

@@ -298,26 +298,37 @@ def step_metrics(batch: Any, reward_stats: dict[str, float], train_stats: dict[s
     return metrics
 
 
-def machine_busy() -> Callable[[], float]:
-    """A function returning the busy fraction of this machine's cores since its last call (since
-    this call, the first time), from /proc/stat; NaN where there is no /proc/stat."""
+def cores_busy(pids: list[int], cores: float) -> Callable[[], float]:
+    """A function returning the busy fraction of `cores` cores taken by processes `pids` (the run's
+    driver and actors on this node, every thread and child included) since its last call (since this
+    call, the first time): CPU seconds used / (wall seconds x cores). NaN when none can be read."""
+    import psutil
 
-    def read() -> tuple[float, float] | None:
+    procs = []
+    for pid in pids:
         try:
-            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-        return sum(fields) - idle, sum(fields)
+            procs.append(psutil.Process(pid))
+        except psutil.Error:  # gone already
+            pass
 
-    last = [read()]
+    def cpu_seconds() -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+        return total
+
+    last = [cpu_seconds(), time.perf_counter()]
 
     def busy() -> float:
-        now, before = read(), last[0]
-        last[0] = now
-        if now is None or before is None or now[1] <= before[1]:
+        used, now = cpu_seconds(), time.perf_counter()
+        (used_before, before), last[:] = last, [used, now]
+        if not procs or now <= before or cores <= 0:
             return math.nan
-        return (now[0] - before[0]) / (now[1] - before[1])
+        return (used - used_before) / ((now - before) * cores)
 
     return busy
 

@@ -27,8 +27,9 @@ from typing import Any
 
 import ray
 
+from rl.actors import busy_meter
 from rl.config import Config
-from rl.metrics import PhaseTimer, machine_busy
+from rl.metrics import PhaseTimer
 from rl.types import Sample
 
 PENDING = "pending_steps.pkl"  # the open steps of an asynchronous run's checkpoint
@@ -255,7 +256,7 @@ def run_async(cfg: Config, actors: Any, miner: Any, log: Any, run_dir: Path, ste
     `save(data, path, step)` writes a checkpoint."""
     pipe = Pipeline(cfg, actors, miner, version, resume=cfg.run.resume)
     state = PipelineState(miner, pipe)
-    busy = machine_busy()
+    busy = busy_meter(actors)
     for step in range(start, cfg.run.steps):
         if deadline is not None and time.time() >= deadline:
             print(f"run.max_seconds reached at step {step}", flush=True)
