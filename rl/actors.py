@@ -132,8 +132,8 @@ def start_trainers(cfg: Config, placement: Placement, model_path: str, ref_path:
     return [
         ray.remote(TrainerWorker)
         .options(name="trainer" if rank == 0 else f"trainer-{rank}", **placement.options("trainer", rank))
-        .remote(model_path, train_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed, max_new_tokens=cfg.rollout.max_new_tokens,
-                total_steps=cfg.run.steps, ref_path=ref_path, dist_env=env)
+        .remote(model_path, train_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed,
+                max_new_tokens=cfg.rollout.max_new_tokens, total_steps=cfg.run.steps, ref_path=ref_path, dist_env=env)
         for rank, env in enumerate(envs)
     ]
 
