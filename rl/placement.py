@@ -13,6 +13,7 @@ actor) reserves nothing and is scheduled as Ray likes.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl.config import Config
 
+# The resources Ray derives from reserved bundles (CPU_group_<pg id>, bundle_group_0_<pg id>, ...).
+_GROUP_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{16,}$")
 # A bundle asks for this much of a node resource: enough to pin it there, never enough to run out.
 NODE_SHARE = 0.001
 
@@ -105,16 +108,13 @@ def reserve(specs: list[Role], timeout_s: float) -> Placement:
         try:
             ray.get(ready, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
-            late = [s for s in specs if s.name in pending and not _is_ready(groups[s.name])]
+            done, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0)
+            late = [s for s in specs if s.name in pending and pending[s.name] not in done]
             message = shortfall(late, specs, ray.cluster_resources(), ray.available_resources(), _nodes())
             placement.release()
             raise PlacementError(f"the cluster cannot place this run within run.placement_timeout_s = "
                                  f"{timeout_s:g} s; {message}") from None
     return placement
-
-
-def _is_ready(group: PlacementGroup) -> bool:
-    return group.wait(timeout_seconds=0)
 
 
 def _nodes() -> list[dict[str, float]]:
@@ -141,8 +141,8 @@ def shortfall(late: list[Role], specs: list[Role], total: dict[str, float], avai
     if len(lines) == 1:
         lines.append("the cluster has enough in total but not free: other jobs hold "
                      + ", ".join(f"{k} {total.get(k, 0):g} of which {available.get(k, 0):g} free" for k in asks))
-    lines.append(f"the cluster has {_format({k: v for k, v in total.items() if not k.startswith('node:')})} "
-                 f"on {len(nodes)} node(s)")
+    plain = {k: v for k, v in total.items() if not k.startswith("node:") and not _GROUP_RESOURCE.search(k)}
+    lines.append(f"the cluster has {_format(plain)} on {len(nodes)} node(s)")
     return "; ".join(lines)
 
 
@@ -154,6 +154,8 @@ def _per_node(spec: Role, nodes: list[dict[str, float]]) -> list[str]:
         return []  # already said: no node has the resource
     need = {k: v * spec.count for k, v in bundle.items()} if spec.strategy == "strict_pack" else bundle
     for key, amount in need.items():
+        if not any(n.get(key) for n in nodes):
+            continue  # already said: no node has it
         best = max((n.get(key, 0.0) for n in eligible), default=0.0)
         if amount > best + 1e-9:
             where = f"nodes with {spec.node_resource}" if spec.node_resource else "node"

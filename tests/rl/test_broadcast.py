@@ -9,9 +9,9 @@ from rl.broadcast import ObjectStoreTransport, SyncReport, TransportError, make_
 
 def test_a_sync_reports_bytes_and_seconds_per_engine():
     report = SyncReport([{"bytes": 400.0, "fetch_seconds": 0.5, "load_seconds": 0.25},
-                         {"bytes": 400.0, "fetch_seconds": 0.125, "load_seconds": 1.0}])
+                         {"bytes": 400.0, "fetch_seconds": 0.125, "load_seconds": 1.0}], publish_seconds=2.0)
     assert report.metrics() == {
-        "time/weight_sync_engine": 1.0, "sync/fetch_seconds_max": 0.5, "sync/bytes_per_engine": 400.0,
+        "time/weight_sync_engine": 1.0, "sync/publish_seconds": 2.0, "sync/fetch_seconds_max": 0.5, "sync/bytes_per_engine": 400.0,
         "sync/seconds/engine0": 0.75, "sync/seconds/engine1": 1.125,
     }
 

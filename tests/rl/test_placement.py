@@ -28,8 +28,10 @@ def test_a_node_resource_pins_every_bundle_and_counts_as_a_need():
 
 def test_shortfall_names_a_resource_no_node_has():
     gpu = Role("trainer", 2, 1.0, 1.0, "pack")
-    text = shortfall([gpu], [gpu], TOTAL, TOTAL, ONE_NODE)
+    total = {**TOTAL, "CPU_group_0_80a6f92ee24a420579dc5825aa1901000000": 0.5}  # another group's bundle
+    text = shortfall([gpu], [gpu], total, TOTAL, ONE_NODE)
     assert "missing GPU: no node has it (the run asks for 2)" in text
+    assert text.count("GPU") == 2 and "_group_" not in text  # said once, and no reserved-bundle resources
     assert "trainer: 2 x {CPU: 1, GPU: 1} (pack)" in text
 
 
@@ -85,6 +87,7 @@ def test_an_unsatisfiable_placement_fails_naming_the_resource_and_releases_its_g
     text = str(err.value)
     assert "missing GPU: no node has it (the run asks for 2)" in text
     assert "missing trainer_node: no node has it" in text and "run.placement_timeout_s = 1 s" in text
+    assert "waiting for trainer: 2 x" in text  # the rollout group, which the node holds, is not named
     assert {g for g, t in placement_group_table().items() if t["state"] != "REMOVED"} == before
     placement = reserve(specs[:1], timeout_s=30.0)  # what the node can hold is reserved
     try:
