@@ -31,7 +31,8 @@ import json, sys, ray
 from ray.util.state import list_actors
 ray.init(address=sys.argv[1], log_to_driver=False)
 nodes = {n["NodeID"]: sorted(k for k in n["Resources"] if k.endswith("_node")) for n in ray.nodes()}
-print(json.dumps([[a.class_name, a.name, a.state, nodes.get(a.node_id)] for a in list_actors(limit=1000, detail=True)]))
+actors = list_actors(address=sys.argv[1], limit=1000, detail=True)  # other Rays may run on this machine
+print(json.dumps([[a.class_name, a.name, a.state, nodes.get(a.node_id)] for a in actors]))
 """
 
 
@@ -60,7 +61,8 @@ def test_engines_and_trainers_sit_where_the_placement_puts_them(cluster, tiny_ch
         assert r["sync/bytes_per_engine"] > 0 and {"sync/seconds/engine0", "sync/seconds/engine1"} <= set(r)
         assert r["rollout/logprob_abs_diff_max"] < 1e-4  # the engines hold rank 0's weights
 
-    query = subprocess.run([sys.executable, "-c", WHERE_ACTORS_RAN, cluster.address], env=cluster.env,
+    query = subprocess.run([sys.executable, "-c", WHERE_ACTORS_RAN, cluster.address],
+                           env={**cluster.env, "RAY_ADDRESS": cluster.address},
                            capture_output=True, text=True, timeout=300)
     assert query.returncode == 0, query.stderr[-3000:]
     placed: dict[str, list] = {}
