@@ -20,10 +20,12 @@ from rewards.pool import RewardWorker, prepare_reward_config
 from rewards.registry import check_routes
 from rl import checkpoint
 from rl.actors import (Actors, add_stats, build_actors, busy_meter, evaluate, frozen_gc, generate_and_score,
-                       offline_pass, start_ray, sync_weights)
+                       offline_pass, start_ray, sync_weights, train)
+from rl.broadcast import TransportError
 from rl.config import Config, parse_cli, save_config
 from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step_metrics
 from rl.objective import check_names
+from rl.placement import PlacementError
 from rl.pipeline import run_async
 from rl.report import finish_run
 
@@ -34,7 +36,11 @@ def setup_run(cfg: Config, model_path: str, train_rows: list[dict]) -> tuple[Act
     """Actors, miner and first step; a resumed run (run.resume) continues from its checkpoint, with
     the run's starting model kept as the KL reference."""
     start = checkpoint.resume_step(cfg)
-    actors = build_actors(cfg, cfg.run.resume or model_path, RewardWorker, ref_path=model_path)
+    try:
+        actors = build_actors(cfg, cfg.run.resume or model_path, RewardWorker, ref_path=model_path)
+    except (PlacementError, TransportError) as exc:  # before any actor started: nothing to wait for
+        ray.shutdown()
+        sys.exit(f"error: {exc}")
     miner = Miner.from_config(cfg, train_rows)
     if cfg.run.resume:
         version = checkpoint.restore(actors, miner, cfg.run.resume)
@@ -64,9 +70,9 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
         train_stats: dict = {}
         if batch.train:  # a step where every group was uniform has nothing to learn; the run goes on
             with timer("train"):
-                train_stats = ray.get(actors.trainer.train_step.remote(batch.train))
+                train_stats = train(actors, batch.train)
             with timer("sync"):
-                train_stats["time/weight_sync_engine"] = sync_weights(actors, int(train_stats["policy_version"]))
+                train_stats.update(sync_weights(actors, int(train_stats["policy_version"])))
         timer.seconds["time/step"] = time.perf_counter() - t0
         reward_stats["perf/cores_busy_fraction"] = busy()
         log.log(step, step_metrics(batch, reward_stats, train_stats, timer, step, cfg.rollout.logprob_gap_warn))

@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 
+from rl.broadcast import ObjectStoreTransport, WeightTransport, make_transport
 from rl.config import Config
 from rl.metrics import PhaseTimer, cores_busy
+from rl.placement import Placement, reserve, roles
 from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
 from rl.trainer import TrainerWorker
 from rl.types import Sample
@@ -75,37 +78,87 @@ def frozen_gc() -> Iterator[None]:
 
 @dataclass
 class Actors:
+    """The run's actors. `trainer` is rank 0 of the data-parallel `trainers` (the one that publishes
+    weights and writes checkpoints); `placement` holds the reserved bundles."""
+
     rollouts: list[Any]
     rewards: list[Any]
     trainer: Any
+    trainers: list[Any] = field(default_factory=list)
+    placement: Placement | None = None
+    transport: WeightTransport = field(default_factory=ObjectStoreTransport)
+
+    def __post_init__(self) -> None:
+        if not self.trainers and self.trainer is not None:
+            self.trainers = [self.trainer]
 
 
 def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: str | None = None) -> Actors:
-    """Rollout, reward and trainer actors; engines and policy start from `model_path`, the KL
-    reference from `ref_path` (default `model_path`). `reward_worker` is the reward actor's class
-    (`rewards.pool.RewardWorker`), built from `cfg.reward`."""
+    """Rollout, reward and trainer actors, each in the bundle reserved for it (`rl.placement`; a
+    cluster that cannot hold them raises `PlacementError` before any actor starts); engines and
+    policy start from `model_path`, the KL reference from `ref_path` (default `model_path`).
+    `reward_worker` is the reward actor's class (`rewards.pool.RewardWorker`), built from `cfg.reward`."""
+    transport = make_transport(cfg.rollout.weight_transport)
+    placement = reserve(roles(cfg), cfg.run.placement_timeout_s)
     max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     rollouts = [
         ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RolloutWorker)
-        .options(name=f"rollout-{i}", num_cpus=cfg.rollout.cpus_per_actor)
+        .options(name=f"rollout-{i}", **placement.options("rollout", i))
         .remote(model_path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed + i, max_model_len=max_model_len)
         for i in range(cfg.rollout.num_actors)
     ]
+    rewards = [
+        ray.remote(reward_worker).options(name=f"reward-{i}", **placement.options("reward", i)).remote(cfg.reward)
+        for i in range(cfg.reward.num_actors)
+    ]
+    trainers = start_trainers(cfg, placement, model_path, ref_path)
+    ray.get([r.info.remote() for r in rollouts + rewards] + [t.state.remote() for t in trainers])
+    return Actors(rollouts, rewards, trainers[0], trainers, placement, transport)
+
+
+def start_trainers(cfg: Config, placement: Placement, model_path: str, ref_path: str | None = None) -> list[Any]:
+    """`train.num_actors` trainer actors; with more than one, they form one torch.distributed group
+    (rank r in trainer bundle r) whose rendezvous address is found in rank 0's bundle."""
     # Decoupled PPO by default where samples can be off-policy (asynchronous training).
     auto = "on" if cfg.rollout.max_staleness else "off"
     train_cfg = replace(cfg.train, decoupled=auto if cfg.train.decoupled == "auto" else cfg.train.decoupled)
-    rewards = [
-        ray.remote(reward_worker).options(name=f"reward-{i}", num_cpus=cfg.reward.cpus_per_actor).remote(cfg.reward)
-        for i in range(cfg.reward.num_actors)
-    ]
-    trainer = (
+    world = cfg.train.num_actors
+    envs: list[dict[str, str] | None] = [None]
+    if world > 1:
+        where = {**placement.options("trainer", 0), "num_cpus": 0, "num_gpus": 0}
+        host, port = ray.get(ray.remote(_free_address).options(**where).remote())
+        envs = [dict(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR=host,
+                     MASTER_PORT=str(port)) for r in range(world)]
+    return [
         ray.remote(TrainerWorker)
-        .options(name="trainer", num_cpus=cfg.train.cpus)
+        .options(name="trainer" if rank == 0 else f"trainer-{rank}", **placement.options("trainer", rank))
         .remote(model_path, train_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed,
-                max_new_tokens=cfg.rollout.max_new_tokens, total_steps=cfg.run.steps, ref_path=ref_path)
-    )
-    ray.get([r.info.remote() for r in rollouts + rewards] + [trainer.state.remote()])
-    return Actors(rollouts, rewards, trainer)
+                max_new_tokens=cfg.rollout.max_new_tokens, total_steps=cfg.run.steps, ref_path=ref_path, dist_env=env)
+        for rank, env in enumerate(envs)
+    ]
+
+
+def _free_address() -> tuple[str, int]:
+    """This node's address and a port free on it (run in rank 0's bundle: the process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+def train(actors: Actors, samples: list[Sample]) -> dict[str, float]:
+    """One update on every trainer (each on its share of `samples`, which travel once through the
+    object store); rank 0's metrics, which are merged over all ranks."""
+    batch = ray.put(samples)
+    return ray.get([t.train_step.remote(batch) for t in actors.trainers])[0]
+
+
+def stop_actors(actors: Actors) -> None:
+    """Kill every actor and give their reserved bundles back to the cluster (a Ray that goes on
+    running, e.g. a test session's, can then place the next run)."""
+    for actor in [*actors.rollouts, *actors.rewards, *actors.trainers]:
+        ray.kill(actor)
+    if actors.placement is not None:
+        actors.placement.release()
 
 
 def _place(actor: Any) -> tuple[str, int]:
@@ -119,7 +172,7 @@ def busy_meter(actors: Actors) -> Any:
     here) and this node's cores (its Ray CPUs, at most its real cores): the share of what the run
     holds here that it keeps busy. Actors on other nodes are not counted."""
     node = ray.get_runtime_context().get_node_id()
-    handles = [*actors.rollouts, *actors.rewards, actors.trainer]
+    handles = [*actors.rollouts, *actors.rewards, *actors.trainers]
     places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in handles])
     pids = [os.getpid(), *(pid for where, pid in places if where == node)]
     logical = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
@@ -191,10 +244,10 @@ def generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool = True
     return [s for key in sorted(groups) for s in groups[key]], _sum_stats(results)
 
 
-def sync_weights(actors: Actors, version: int) -> float:
-    """Trainer weights into every rollout engine, in place; returns the slowest engine's seconds."""
-    weights = actors.trainer.weights.remote()
-    return max(ray.get([r.load_weights.remote(weights, version) for r in actors.rollouts]))
+def sync_weights(actors: Actors, version: int) -> dict[str, float]:
+    """Rank 0's weights into every rollout engine, in place, by the actors' transport (`rl.broadcast`);
+    the sync's metrics: bytes and seconds per engine."""
+    return actors.transport.broadcast(actors.trainer, actors.rollouts, version).metrics()
 
 
 def evaluate(actors: Actors, rows: list[dict], cfg: Config) -> dict[str, float]:

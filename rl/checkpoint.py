@@ -118,7 +118,7 @@ def resume_step(cfg: Config) -> int:
 def save(cfg: Config, actors: Any, data: Saveable, path: Path, step: int) -> None:
     """Everything `run.resume=path` continues from: weights (a normal Hugging Face checkpoint with its
     tokenizer), trainer and engine state, the ledger with the sampler state, and the step to start at."""
-    ray.get(actors.trainer.save.remote(str(path)))
+    ray.get(actors.trainer.save.remote(str(path)))  # rank 0: data-parallel ranks hold the same state
     torch.save(ray.get([r.rng_state.remote() for r in actors.rollouts]), Path(path) / ENGINE_RNG)
     for f in Path(cfg.model.path).iterdir():  # tokenizer files travel with the weights
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
@@ -130,11 +130,12 @@ def save(cfg: Config, actors: Any, data: Saveable, path: Path, step: int) -> Non
 def restore(actors: Any, data: Saveable, path: str | Path) -> int:
     """Restore what `save` wrote, on actors built from `path`'s weights; returns the policy version.
 
-    The trainer's optimiser, LR schedule, version and RNG, the engines' RNG, and the ledger and
-    sampler continue from the checkpoint.
+    The trainer's optimiser, LR schedule, version and RNG (in every data-parallel trainer, whatever
+    their number when it was saved), the engines' RNG, and the ledger and sampler continue from the
+    checkpoint.
     """
     data.load(path)
-    version = ray.get(actors.trainer.load_state.remote(str(path)))
+    version = ray.get([t.load_state.remote(str(path)) for t in actors.trainers])[0]
     states = torch.load(Path(path) / ENGINE_RNG, weights_only=True)
     if len(states) != len(actors.rollouts):
         print(f"warning: {path} holds {len(states)} rollout engine states for {len(actors.rollouts)} engines; "

@@ -54,6 +54,20 @@ class ConfigError(ValueError):
     """A config file, override or value is invalid; the message names the dotted key or the file."""
 
 
+PLACEMENT_HELP = ("how the role's bundles are laid out on the nodes (Ray placement group strategy): pack (as few "
+                  "nodes as possible), spread (as many as possible), strict_pack (one node), strict_spread (one "
+                  "node each)")
+NODE_RESOURCE_HELP = ("put the role only on nodes that have this Ray resource: a custom one the node was started "
+                      "with (ray start --resources='{\"NAME\": 1}') or node:<IP> (every node has one for its "
+                      "address); null = any node")
+Strategy = Literal["pack", "spread", "strict_pack", "strict_spread"]
+
+
+def _check_node_resource(key: str, value: str | None) -> None:
+    if value is not None and (not value.strip() or value in ("CPU", "GPU", "memory", "object_store_memory")):
+        raise ConfigError(f"config key '{key}' must name a custom or node:<IP> resource, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = field(
@@ -66,6 +80,11 @@ class RunConfig:
     )
     num_cpus: int | None = field(
         default=None, metadata={"help": "CPUs for a local Ray; null = all", "min": 1}
+    )
+    placement_timeout_s: float = field(
+        default=60.0,
+        metadata={"help": "seconds to wait for the cluster to reserve every role's placement bundles; past it the "
+                          "run stops naming the resources it lacks", "min": 0},
     )
     save_every: int = field(
         default=0, metadata={"help": "checkpoint every N steps; 0 = only at the end", "min": 0}
@@ -171,6 +190,17 @@ class RolloutConfig:
     cpus_per_actor: float = field(
         default=0.5, metadata={"help": "Ray CPUs reserved per rollout actor", "min": 0}
     )
+    gpus_per_actor: float = field(
+        default=0.0, metadata={"help": "Ray GPUs reserved per rollout actor (vLLM on GPU)", "min": 0}
+    )
+    placement: Strategy = field(default="pack", metadata={"help": PLACEMENT_HELP})
+    node_resource: str | None = field(default=None, metadata={"help": NODE_RESOURCE_HELP})
+    weight_transport: Literal["object_store", "nccl"] = field(
+        default="object_store",
+        metadata={"help": "how new weights reach the engines: object_store (rank 0 trainer publishes them once in "
+                          "Ray's object store, every engine fetches them; CPU and across nodes) or nccl (GPU only, "
+                          "not available in this build)"},
+    )
     threads: int = field(
         default=1, metadata={"help": "torch/OMP threads in each rollout actor", "min": 1}
     )
@@ -201,6 +231,7 @@ class RolloutConfig:
     def validate(self) -> None:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {self.top_p}")
+        _check_node_resource("rollout.node_resource", self.node_resource)
 
 
 @dataclass(frozen=True)
@@ -260,6 +291,11 @@ class RewardConfig:
     cpus_per_actor: float = field(
         default=0.0, metadata={"help": "Ray CPUs reserved per reward actor", "min": 0}
     )
+    gpus_per_actor: float = field(
+        default=0.0, metadata={"help": "Ray GPUs reserved per reward actor (a reward model on GPU)", "min": 0}
+    )
+    placement: Strategy = field(default="pack", metadata={"help": PLACEMENT_HELP})
+    node_resource: str | None = field(default=None, metadata={"help": NODE_RESOURCE_HELP})
     threads: int = field(
         default=4, metadata={"help": "worker threads per reward actor for reward calls", "min": 1}
     )
@@ -307,6 +343,7 @@ class RewardConfig:
         # The route syntax is checked by rewards.registry.check_routes, next to the parser.
         if self.timeout_s <= 0:
             raise ConfigError(f"config key 'reward.timeout_s' must be > 0, got {self.timeout_s}")
+        _check_node_resource("reward.node_resource", self.node_resource)
 
 
 @dataclass(frozen=True)
@@ -388,12 +425,26 @@ class TrainConfig:
         default=False,
         metadata={"help": "whiten advantages within each domain (zero mean, unit std), so no domain's reward scale dominates"},
     )
-    cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved for the trainer", "min": 0})
-    threads: int = field(default=1, metadata={"help": "torch/OMP threads in the trainer", "min": 1})
+    num_actors: int = field(
+        default=1,
+        metadata={"help": "data-parallel trainer actors forming one torch.distributed group (gloo on CPU, nccl on "
+                          "GPU); each runs forward/backward on its share of every step's samples", "min": 1},
+    )
+    cpus: float = field(default=1.0, metadata={"help": "Ray CPUs reserved per trainer actor", "min": 0})
+    gpus: float = field(default=0.0, metadata={"help": "Ray GPUs reserved per trainer actor; > 0 trains on GPU",
+                                               "min": 0})
+    threads: int = field(default=1, metadata={"help": "torch/OMP threads in each trainer actor", "min": 1})
+    placement: Strategy = field(default="pack", metadata={"help": PLACEMENT_HELP})
+    node_resource: str | None = field(default=None, metadata={"help": NODE_RESOURCE_HELP})
 
     def validate(self) -> None:
         if 0 < self.dual_clip <= 1:
             raise ConfigError(f"config key 'train.dual_clip' must be 0 (off) or > 1, got {self.dual_clip}")
+        _check_node_resource("train.node_resource", self.node_resource)
+        # The process group's address is found in rank 0's reserved bundle, so there must be one.
+        if self.num_actors > 1 and self.cpus == 0 and self.gpus == 0:
+            raise ConfigError(f"config key 'train.num_actors' = {self.num_actors} needs train.cpus or train.gpus > 0 "
+                              "(each data-parallel trainer reserves a bundle)")
 
 
 @dataclass(frozen=True)
@@ -536,6 +587,9 @@ class Config:
             raise ConfigError(
                 "config key 'train.routing_replay' needs rollout.record_routing=true (nothing to replay)"
             )
+        if self.train.num_actors > 1 and self.rollout.max_staleness:
+            raise ConfigError(f"config key 'train.num_actors' = {self.train.num_actors} is not supported with "
+                              "rollout.max_staleness > 0 yet (the asynchronous loop drives one trainer)")
 
 
 # --- loading --------------------------------------------------------------------------------------

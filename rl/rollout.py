@@ -420,6 +420,15 @@ class RolloutWorker:
                 self._stream.restart_due = True
         return time.perf_counter() - t0
 
+    def receive_weights(self, published: list[Any], version: int) -> dict[str, float]:
+        """Fetch the weights `published[0]` refers to (`rl.broadcast`) and load them; what it took:
+        bytes received, seconds fetching, seconds loading."""
+        t0 = time.perf_counter()
+        weights = ray.get(published[0])
+        fetched = time.perf_counter() - t0
+        size = float(sum(t.numel() * t.element_size() for t in weights.values()))
+        return {"bytes": size, "fetch_seconds": fetched, "load_seconds": self.load_weights(weights, version)}
+
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-prob of every token after the first in each sequence, under the engine's weights.
 

@@ -50,12 +50,15 @@ class TrainerWorker:
 
     def __init__(
         self, model_path: str, cfg: TrainConfig, *, dtype: str = "float32", seed: int = 0, max_new_tokens: int = 16,
-        total_steps: int = 1, ref_path: str | None = None,
+        total_steps: int = 1, ref_path: str | None = None, dist_env: dict[str, str] | None = None,
     ) -> None:
         """`ref_path`: the frozen reference's weights (default `model_path`); a resumed run builds the
-        policy from its checkpoint and keeps the run's starting model as the reference."""
+        policy from its checkpoint and keeps the run's starting model as the reference. `dist_env`:
+        this process's place in a data-parallel group (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...),
+        read by accelerate when it starts the process group; None = the environment as it is."""
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
+        os.environ.update(dist_env or {})
         self.cfg = cfg
         os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
         torch.set_num_threads(cfg.threads)
@@ -68,7 +71,7 @@ class TrainerWorker:
         # the batch is split, not multiplied, across processes.
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
         self.accelerator = Accelerator(
-            cpu=True, mixed_precision="no", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
+            cpu=cfg.gpus == 0, mixed_precision="no", kwargs_handlers=[ddp], step_scheduler_with_optimizer=False
         )  # the model's own dtype
         model = load_policy(model_path, dtype)
         model.config.use_cache = False

@@ -82,7 +82,7 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
     import ray
 
     from data_mining.sampler import EpochSampler
-    from rl.actors import build_actors
+    from rl.actors import build_actors, stop_actors
     from rl.metrics import MetricsLog
     from rl.policy import load_policy
     from data_mining.miner import Miner
@@ -117,4 +117,4 @@ def test_two_rl_steps_update_policy_and_engine(tiny_checkpoint, ray_session, tmp
     for actor in actors.rollouts:  # frees their CPUs for the reloaded engine
         ray.kill(actor)
     _check_saved_checkpoint(trainer, tiny_checkpoint, tmp_path / "final", probes, trainer_after)
-    ray.kill(trainer)
+    stop_actors(actors)

@@ -136,8 +136,9 @@ OVERRIDES = [
 def _kill(actors) -> None:
     import ray
 
-    for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
-        ray.kill(actor)
+    from rl.actors import stop_actors
+
+    stop_actors(actors)  # the actors and their reserved bundles
     for name in ["trainer", *(f"rollout-{i}" for i in range(len(actors.rollouts)))]:
         while True:  # the next run's actors reuse the names
             try:

@@ -235,6 +235,7 @@ def test_three_rl_steps_through_the_driver(family, family_checkpoints, ray_sessi
     cfg = _driver_config(checkpoint, tmp_path)
     from data_mining.prompts import load_prompts
     from rl import checkpoint as ckpt
+    from rl.actors import stop_actors
 
     train_rows, _ = load_prompts(cfg)
     actors, miner, start = run_rl.setup_run(cfg, checkpoint, train_rows)
@@ -247,8 +248,7 @@ def test_three_rl_steps_through_the_driver(family, family_checkpoints, ray_sessi
         trainer_after = ray.get(actors.trainer.sequence_logprobs.remote(probes))
         ckpt.save(cfg, actors, miner, tmp_path / "final", steps)
     finally:
-        for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
-            ray.kill(actor)
+        stop_actors(actors)
     replay = RoutingReplay(_model(family))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     print(family, [(r["rollout/logprob_abs_diff_max"], r["rollout/routing_agreement"]) for r in lines])

@@ -309,7 +309,7 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from data_mining.sampler import EpochSampler
-    from rl.actors import build_actors
+    from rl.actors import build_actors, stop_actors
     from data_mining.miner import Miner
     from data_mining.prompts import load_prompts
     from rewards.pool import RewardWorker
@@ -330,8 +330,7 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
     log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows})
     rl_loop(cfg, actors, Miner.from_config(cfg, train_rows, sampler=EpochSampler(train_rows, seed=0)), log, run_dir)
     log.close()
-    for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
-        ray.kill(actor)
+    stop_actors(actors)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
     # Ray exports on an interval (~10 s here): poll until the last step's values are out.
