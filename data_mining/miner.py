@@ -178,20 +178,16 @@ class Miner:
         return [self.rows[p] for p in picked]
 
     def _quotas(self, n: int, caps: dict[str, int]) -> dict[str, int]:
-        """n slots split by the domain shares; with prompts in flight, the split of those plus n, less
-        what each domain already has in flight (so a stream of draws keeps the shares)."""
+        """n slots split by the domain shares; with prompts in flight, each domain's slots are its part
+        of the split of (in flight + n) less what it already has in flight, so a stream of draws keeps
+        the shares. A domain past its part gets slots only when the others cannot take them."""
         shares = self.domain_shares()
         flying = Counter(self.rows[p]["domain"] for p in self.in_flight)
         if not flying:
             return apportion(n, shares, caps)
         whole = apportion(n + sum(flying.values()), shares, {d: caps.get(d, 0) + flying[d] for d in shares})
-        quotas = {d: min(max(0, whole[d] - flying[d]), caps.get(d, 0)) for d in shares}
-        extra = n - sum(quotas.values())  # what the in-flight excess left unassigned
-        for d in sorted(quotas, key=lambda d: -shares[d]):
-            take = max(0, min(extra, caps.get(d, 0) - quotas[d]))
-            quotas[d] += take
-            extra -= take
-        return quotas
+        deficit = {d: max(0, whole[d] - flying[d]) + 1e-6 * shares[d] for d in shares}
+        return apportion(n, deficit, caps)
 
     def plan_step(self, step: int) -> "StepFill":
         """The draws of RL step `step`, one at a time: the driver generates and scores each (see `StepFill`)."""

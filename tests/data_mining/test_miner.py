@@ -107,3 +107,21 @@ def test_apportion_follows_shares_and_caps():
     assert apportion(10, {"a": 0.5, "b": 0.5}, {"a": 100, "b": 100}) == {"a": 5, "b": 5}
     assert apportion(10, {"a": 0.9, "b": 0.1}, {"a": 3, "b": 100}) == {"a": 3, "b": 7}
     assert apportion(10, {"a": 1.0, "b": 0.0}, {"a": 4, "b": 100}) == {"a": 4, "b": 0}
+
+
+def test_domain_quotas_count_the_prompts_in_flight():
+    """Asynchronous training draws while earlier draws are still generating: the shares hold over
+    what is in flight plus the new draw, and nothing in flight is drawn twice."""
+    rows = [{"id": f"{d}:{i}", "domain": d, "prompt": f"{d}{i}", "reference": {}} for d in ("code", "math")
+            for i in range(40)]
+    cfg = MiningConfig(enabled=True, domain_mixing="fixed", domain_weights=("math=1", "code=1"))
+    miner = Miner(rows, cfg, PER_STEP, GROUP, seed=0)
+    assert [r["domain"] for r in miner.draw(8, set())].count("math") == 4  # nothing in flight: 4 + 4
+    miner.in_flight = {f"math:{i}" for i in range(6)}
+    drawn = miner.draw(8, set())
+    # (6 in flight + 8 new) split 7 / 7: the new draw brings math to 7 and code to 7.
+    assert [r["domain"] for r in drawn].count("math") == 1 and len(drawn) == 8
+    assert not {r["id"] for r in drawn} & miner.in_flight
+    miner.in_flight = {f"math:{i}" for i in range(12)}  # more in flight than math's share of it all
+    drawn = miner.draw(8, set())
+    assert [r["domain"] for r in drawn].count("code") == 8
