@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -192,6 +193,7 @@ def combine(sample: Sample, route: list[tuple[str, float]], results: Mapping[str
             continue
         if not isinstance(result, RewardResult):
             raise TypeError(f"reward {name!r} returned {type(result).__name__}, expected RewardResult or None")
+        check_score(name, result)
         total += weight * result.score
         applied = True
         components[name] = result.score
@@ -200,6 +202,17 @@ def combine(sample: Sample, route: list[tuple[str, float]], results: Mapping[str
     if not applied:
         raise ValueError(f"no reward applies to prompt {sample.prompt_id} in domain {sample.domain!r}")
     return RewardResult(total, components, passed)
+
+
+def check_score(name: str, result: RewardResult) -> None:
+    """TypeError unless reward `name`'s score and components are real numbers, ValueError unless they
+    are finite: a NaN or inf reward would reach the advantages (and count as a pass) unnoticed."""
+    values = {"score": result.score, **{f"component {k!r}": v for k, v in result.components.items()}}
+    for what, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"reward {name!r} returned {what} {value!r} ({type(value).__name__}), expected a number")
+        if not math.isfinite(value):
+            raise ValueError(f"reward {name!r} returned a non-finite {what} ({value!r})")
 
 
 def route_for(sample: Sample, routes: Routes) -> list[tuple[str, float]]:
