@@ -33,7 +33,7 @@ def test_dry_run_prints_the_plan(tiny_checkpoint, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "plan: 3 steps" in out and tiny_checkpoint in out
-    assert (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
 def test_dry_run_does_not_bootstrap(tmp_path, capsys):
@@ -60,3 +60,15 @@ def test_dry_run_validates_datasets_and_reports_skipped_rows(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"dataset {path}: 20 of 21 rows kept; skipped: missing_field 1" in out
     assert "20 train /" not in out and " train / " in out  # some rows are held out
+
+
+def test_dry_run_reports_rows_no_reward_scores_with_their_lines(tmp_path, capsys):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "domain": "math", "prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(20)]
+    typo = {"id": "q", "domain": "Math", "prompt": "1+1=", "answer": "2"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, typo]))
+    assert run_rl.main([f"model.path={tmp_path}/ckpt", f"run.dir={tmp_path}/run", f"data.datasets=[{path}]",
+                        "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"dataset {path}: 20 of 21 rows kept; skipped: unrouted_domain 1" in out
+    assert "  line 21: unrouted_domain: no reward scores domain 'Math'" in out
