@@ -201,6 +201,8 @@ def combine(sample: Sample, route: list[tuple[str, float]], results: Mapping[str
         passed = passed and (result.passed if result.passed is not None else result.score >= 1.0)
     if not applied:
         raise ValueError(f"no reward applies to prompt {sample.prompt_id} in domain {sample.domain!r}")
+    if not math.isfinite(total):  # finite scores times finite weights can still overflow
+        raise ValueError(f"the weighted sum of the rewards of domain {sample.domain!r} is {total}")
     return RewardResult(total, components, passed)
 
 

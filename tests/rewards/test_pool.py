@@ -348,3 +348,13 @@ def test_non_finite_component_is_a_reward_error():
 
     scored, stats = score_samples([_s("d", "x")], {"d": [("t_nan_component", 1.0)]})
     assert scored[0].reward == 0.0 and stats["reward/errors/d"] == 1.0
+
+
+def test_a_weighted_sum_that_overflows_is_a_reward_error(capsys):
+    @reward("t_big")
+    def big(sample):
+        return RewardResult(10.0)
+
+    scored, stats = score_samples([_s("d", "x")], {"d": [("t_big", 1e308)]})
+    assert scored[0].reward == 0.0 and stats["reward/errors/d"] == 1.0
+    assert "weighted sum of the rewards of domain 'd' is inf" in capsys.readouterr().out
