@@ -66,9 +66,10 @@ def load_trainer_state(path: str | Path, optimizer: Any, scheduler: Any, rng: An
 
 
 def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
-    """The checkpoint the run starts from: model.path when it is one (checked in a dry run; a family
-    without a router adapter is refused while routing replay or the balance loss is on), else the one
-    `build` makes there (model.bootstrap); a dry run only says it is to be built."""
+    """The checkpoint the run starts from: model.path when it is one (checked: config, weight headers,
+    tokenizer, context length; a family without a router adapter is refused while routing replay or
+    the balance loss is on), else the one `build` makes there (model.bootstrap); a dry run only says
+    it is to be built."""
     path = Path(cfg.model.path)
     if (path / "config.json").exists():
         if cfg.train.routing_replay or cfg.train.aux_loss_coef > 0:  # both need the family's router adapter

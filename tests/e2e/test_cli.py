@@ -72,3 +72,26 @@ def test_dry_run_reports_rows_no_reward_scores_with_their_lines(tmp_path, capsys
     out = capsys.readouterr().out
     assert f"dataset {path}: 20 of 21 rows kept; skipped: unrouted_domain 1" in out
     assert "  line 21: unrouted_domain: no reward scores domain 'Math'" in out
+
+
+def test_an_early_stop_says_what_to_do_next(tmp_path, capsys):
+    from rl.config import load_config
+    from rl.stop import EXIT_NON_FINITE, EXIT_RESUMABLE, RunStop
+    from tests.rl.test_checkpoint import _complete
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "run.steps=9"])
+    _complete(tmp_path / "checkpoint-4", 4)
+    guard = RunStop(max_skipped_steps=2)
+    for step in (4, 5):
+        guard.observe(step, {"train/skipped_steps": 1.0})
+    assert run_rl.stop_early(cfg, None, None, None, tmp_path, guard, 6) == EXIT_NON_FINITE
+    err = capsys.readouterr().err
+    assert "the run stopped at step 6: 2 steps in a row (up to step 5)" in err
+    assert f"Last checkpoint: {tmp_path / 'checkpoint-4'}" in err
+    # Preempted right after the loop wrote checkpoint-4: nothing is saved again (no actors here to save).
+    preempted = RunStop(max_skipped_steps=2)
+    preempted.request("SIGTERM received", EXIT_RESUMABLE)
+    assert run_rl.stop_early(cfg, None, None, None, tmp_path, preempted, 4) == EXIT_RESUMABLE
+    out = capsys.readouterr().out
+    assert f"stopped at step 4 of 9 (SIGTERM received); checkpoint written to {tmp_path / 'checkpoint-4'}" in out
+    assert "run.resume=latest" in out
