@@ -27,7 +27,7 @@ from rl.metrics import MetricsLog, PhaseTimer, describe_plan, format_rates, step
 from rl.objective import check_names
 from rl.pipeline import run_async
 from rl.report import finish_run
-from rl.stop import EXIT_RESUMABLE, RunStop
+from rl.stop import EXIT_ACTOR_DIED, EXIT_RESUMABLE, RunStop
 
 CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
 
@@ -115,6 +115,18 @@ def stop_early(cfg: Config, actors: Actors, miner: Miner, data: Any, run_dir: Pa
     return stop.exit_code
 
 
+def actor_died(run_dir: Path, exc: Exception) -> int:
+    """An actor died during the loop: the run stops naming the newest complete checkpoint (saves are
+    atomic, so a death mid-save leaves the previous one whole). The exit status."""
+    last = checkpoint.latest(run_dir)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"error: an actor died during the RL loop ({type(exc).__name__}: {first_line}); the run stops. "
+          f"Last checkpoint: {last or 'none written yet'}" + (" (continue with run.resume=latest)" if last else ""),
+          file=sys.stderr, flush=True)
+    ray.shutdown()
+    return EXIT_ACTOR_DIED
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_cli(argv, description=__doc__, checks=CHECKS)
     cfg = checkpoint.resolve_resume(cfg)
@@ -147,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         offline_pass(cfg, actors, miner)
     deadline = start + cfg.run.max_seconds if cfg.run.max_seconds else None
     stop = RunStop(cfg.train.max_skipped_steps)
-    with frozen_gc(), stop.signals():
-        steps, data = train(cfg, actors, miner, log, run_dir, deadline, start_step, stop)
+    try:
+        with frozen_gc(), stop.signals():
+            steps, data = train(cfg, actors, miner, log, run_dir, deadline, start_step, stop)
+    except ray.exceptions.RayActorError as exc:
+        log.close()
+        return actor_died(run_dir, exc)
     log.close()
     if stop.requested():
         return stop_early(cfg, actors, miner, data, run_dir, stop, steps)

@@ -11,6 +11,9 @@ says why and exits with the matching status. Two things set it:
 * a preemption signal (`signals`): SIGTERM (what schedulers send before they kill) or SIGINT
   (Ctrl-C). The current step finishes, the driver writes a checkpoint and exits with
   `EXIT_RESUMABLE`; a second signal exits at once.
+
+An actor that dies during the loop (the trainer, an engine, a reward actor: none is restarted yet)
+ends the run at once with `EXIT_ACTOR_DIED`, naming the newest complete checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 from typing import Any, Iterator
 
 EXIT_NON_FINITE = 3
+EXIT_ACTOR_DIED = 4
 # 75 is EX_TEMPFAIL in sysexits.h ("temporary failure, try again later"): a scheduler or wrapper
 # script can tell a preempted run, which a rerun with run.resume continues, from a failed one.
 EXIT_RESUMABLE = 75

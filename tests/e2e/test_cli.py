@@ -95,3 +95,18 @@ def test_an_early_stop_says_what_to_do_next(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"stopped at step 4 of 9 (SIGTERM received); checkpoint written to {tmp_path / 'checkpoint-4'}" in out
     assert "run.resume=latest" in out
+
+
+def test_a_dead_actor_stops_the_run_naming_the_last_checkpoint(tmp_path, capsys):
+    import ray.exceptions
+
+    from rl.stop import EXIT_ACTOR_DIED
+    from tests.rl.test_checkpoint import _complete
+
+    assert run_rl.actor_died(tmp_path, ray.exceptions.ActorDiedError()) == EXIT_ACTOR_DIED
+    assert "Last checkpoint: none written yet" in capsys.readouterr().err
+    _complete(tmp_path / "checkpoint-2", 2)
+    assert run_rl.actor_died(tmp_path, ray.exceptions.ActorDiedError()) == EXIT_ACTOR_DIED
+    err = capsys.readouterr().err
+    assert "an actor died during the RL loop (ActorDiedError: The actor died unexpectedly" in err
+    assert f"Last checkpoint: {tmp_path / 'checkpoint-2'} (continue with run.resume=latest)" in err
