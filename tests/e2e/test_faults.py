@@ -83,3 +83,41 @@ def test_a_reward_returning_nan_or_inf_costs_only_its_samples(tiny_checkpoint, t
     assert "non-finite score" in proc.stdout
     weights = load_file(run_dir / "final" / "model.safetensors")
     assert all(bool(w.isfinite().all()) for w in weights.values())
+
+
+def _descendant(pid: int, marker: str) -> int | None:
+    """The process under `pid` (its own Ray's workers are) whose command line contains `marker`."""
+    import psutil
+
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if marker in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_of_an_engine_stops_the_run_with_its_last_checkpoint_which_resumes(tiny_checkpoint, tmp_path):
+    import os
+
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 4), "run.save_every=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    while not (run_dir / "checkpoint-1" / "resume.json").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    engine = _descendant(proc.pid, "RolloutWorker")
+    assert engine is not None
+    os.kill(engine, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 4, out[-3000:] + err[-3000:]
+    assert "an actor died during the RL loop" in err
+    last = max(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+    assert f"Last checkpoint: {run_dir / f'checkpoint-{last}'}" in err
+
+    resumed = subprocess.run([*args, "run.resume=latest"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _steps(run_dir) == [0, 1, 2, 3]  # each step once, the steps after the checkpoint redone
