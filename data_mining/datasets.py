@@ -15,8 +15,12 @@ Every row is one prompt:
               Any other field (e.g. `format`, `max_tokens`) is passed to the rewards as well.
 
 A null value counts as absent (Parquet stores missing fields as null). A row that breaks the
-schema, whose prompt is longer than `max_prompt_tokens`, or whose id was seen before, is skipped
-and counted with its reason; `LoadReport` lists every skipped row.
+schema (a JSONL line that is not UTF-8 or not JSON included), whose domain no reward scores (given
+the run's routed domains), whose code tests do not parse, whose IFEval constraints name an unknown
+instruction, whose prompt is longer than `max_prompt_tokens`, or whose id was seen before, is
+skipped and counted with its reason; `LoadReport` lists every skipped row with its 1-based line
+(JSONL) or row number, and its summary shows the first few of each reason. `messages` rows on a
+tokenizer without a chat template are kept, rendered with `PLAIN_CHAT_FALLBACK`, and warned about.
 
 Rows come out in the pipeline's row shape: `{"id", "domain", "prompt", "reference", "source"}`,
 plus `"weight"` (the row's sampling weight) when datasets are mixed with explicit weights.
@@ -28,11 +32,12 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 from data_mining.tasks import is_heldout
-from rl.jsonl import iter_jsonl
+from rewards.code import build_test_program
 from rewards.instruction import parse_constraints
+from rl.jsonl import iter_jsonl
 
 CORE_FIELDS = ("id", "domain", "prompt", "messages")
 # Per domain: (field, accepted types, required). Types are checked on every row that has the field.
@@ -42,6 +47,7 @@ DOMAIN_FIELDS: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
     "instruction": (("constraints", (dict,), True),),
 }
 PLAIN_CHAT_FALLBACK = "{role}: {content}\n"  # one line per message, then "assistant: "
+EXAMPLES_PER_REASON = 3  # bad rows shown per reason in `LoadReport.summary`
 
 
 class DatasetError(ValueError):
@@ -51,8 +57,9 @@ class DatasetError(ValueError):
 @dataclass
 class BadRow:
     source: str
-    index: int  # 0-based row (line) number in the file
-    reason: str  # missing_field, wrong_type, bad_constraints, prompt_too_long, duplicate_id, not_an_object
+    line: int  # 1-based line of a JSONL file (blank lines count), or 1-based row of a Parquet file or directory
+    reason: str  # not_an_object, missing_field, wrong_type, unrouted_domain, bad_tests, bad_constraints,
+    # prompt_too_long, duplicate_id
     detail: str
 
 
@@ -61,6 +68,7 @@ class LoadReport:
     rows_read: Counter = field(default_factory=Counter)  # per source
     rows_kept: Counter = field(default_factory=Counter)
     bad: list[BadRow] = field(default_factory=list)
+    plain_chat: Counter = field(default_factory=Counter)  # per source: messages rows rendered without a template
 
     def reasons(self) -> Counter:
         return Counter(b.reason for b in self.bad)
@@ -71,6 +79,12 @@ class LoadReport:
             skipped = Counter(b.reason for b in self.bad if b.source == source)
             why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
             lines.append(f"dataset {source}: {self.rows_kept[source]} of {n} rows kept; skipped: {why}")
+            for reason in sorted(skipped):
+                first = [b for b in self.bad if b.source == source and b.reason == reason][:EXAMPLES_PER_REASON]
+                lines += [f"  line {b.line}: {reason}: {b.detail}" for b in first]
+            if self.plain_chat[source]:
+                lines.append(f"warning: {self.plain_chat[source]} messages rows of {source} rendered as plain "
+                             "'role: content' lines: the tokenizer has no chat template")
         return "\n".join(lines)
 
 
@@ -90,8 +104,9 @@ def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def read_rows(path: str | Path) -> Iterator[Any]:
-    """Raw rows of one dataset file or directory, in file order (a bad JSON line yields its error)."""
+def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(1-based line or row number, raw row) of one dataset file or directory, in file order (a bad
+    JSON line yields its error)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset {str(path)!r} does not exist")
@@ -109,7 +124,7 @@ def read_rows(path: str | Path) -> Iterator[Any]:
                 data = next(iter(data.values()))
             else:
                 raise DatasetError(f"dataset {str(path)!r} has splits {sorted(data)} and none is 'train'")
-        yield from data
+        yield from enumerate(data, start=1)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -117,15 +132,16 @@ def read_rows(path: str | Path) -> Iterator[Any]:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise DatasetError(f"dataset {str(path)!r} is not a readable Parquet file: {exc}") from None
-        yield from table.to_pylist()
+        yield from enumerate(table.to_pylist(), start=1)
     elif path.suffix in (".jsonl", ".json"):
-        yield from (value for _, value in iter_jsonl(path))
+        yield from iter_jsonl(path)
     else:
         raise DatasetError(f"dataset {str(path)!r}: unknown format (expected .jsonl, .parquet or a directory)")
 
 
-def _check_row(raw: Any) -> tuple[str, str] | None:
-    """(reason, detail) when the row breaks the schema, else None."""
+def _check_row(raw: Any, routed: Collection[str] | None = None) -> tuple[str, str] | None:
+    """(reason, detail) when the row breaks the schema or no reward scores its domain (`routed`:
+    the run's routed domains; None: not checked), else None."""
     if isinstance(raw, json.JSONDecodeError):
         return "not_an_object", f"invalid JSON: {raw.msg}"
     if not isinstance(raw, dict):
@@ -136,6 +152,8 @@ def _check_row(raw: Any) -> tuple[str, str] | None:
             return "missing_field", name
         if not isinstance(row[name], str) or not row[name]:
             return "wrong_type", f"{name} must be a non-empty string, got {row[name]!r}"
+    if routed is not None and row["domain"] not in routed:
+        return "unrouted_domain", f"no reward scores domain {row['domain']!r}; routed: {sorted(routed)}"
     if "prompt" not in row and "messages" not in row:
         return "missing_field", "prompt or messages"
     if "prompt" in row and "messages" in row:
@@ -160,6 +178,11 @@ def _check_row(raw: Any) -> tuple[str, str] | None:
             return "wrong_type", f"{name} must be {names}, got {type(value).__name__}"
     if row["domain"] == "code" and isinstance(row["tests"], list) and not all(isinstance(t, str) for t in row["tests"]):
         return "wrong_type", "tests must be strings"
+    if row["domain"] == "code":
+        try:
+            build_test_program(row["tests"], row.get("entry_point"))  # what the code reward will run
+        except ValueError as exc:
+            return "bad_tests", str(exc)
     if row["domain"] == "instruction":
         c = row["constraints"]
         ids, kwargs = c.get("instruction_id_list"), c.get("kwargs")
@@ -178,19 +201,22 @@ def load_dataset(
     max_prompt_tokens: int = 64,
     seen_ids: set[str] | None = None,
     report: LoadReport | None = None,
+    routed: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The valid rows of one dataset, in file order; bad rows go to `report` with their reason.
 
-    `seen_ids` carries ids across the datasets of one run, so duplicates between files count too.
+    `seen_ids` carries ids across the datasets of one run, so duplicates between files count too;
+    `routed`: the domains some reward scores (None: any domain is accepted).
     """
     seen_ids = set() if seen_ids is None else seen_ids
     report = LoadReport() if report is None else report
     count_tokens = token_counter(tokenizer)
+    templated = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
     source = str(path)
     rows = []
-    for index, raw in enumerate(read_rows(path)):
+    for line, raw in read_rows(path):
         report.rows_read[source] += 1
-        problem = _check_row(raw)
+        problem = _check_row(raw, routed)
         if problem is None:
             row = {k: v for k, v in raw.items() if v is not None}
             prompt = row["prompt"] if "prompt" in row else render_messages(row["messages"], tokenizer)
@@ -199,8 +225,9 @@ def load_dataset(
             elif (n := count_tokens(prompt)) > max_prompt_tokens:
                 problem = ("prompt_too_long", f"{n} tokens > {max_prompt_tokens}")
         if problem is not None:
-            report.bad.append(BadRow(source, index, *problem))
+            report.bad.append(BadRow(source, line, *problem))
             continue
+        report.plain_chat[source] += "messages" in row and not templated
         seen_ids.add(row["id"])
         reference = {k: v for k, v in row.items() if k not in CORE_FIELDS}
         if "answer" in reference and not isinstance(reference["answer"], str):
@@ -222,8 +249,9 @@ def load_datasets(
     weights: Sequence[float] = (),
     tokenizer: Any = None,
     max_prompt_tokens: int = 64,
+    routed: Collection[str] | None = None,
 ) -> tuple[list[dict[str, Any]], LoadReport]:
-    """Load and mix several datasets.
+    """Load and mix several datasets (`routed`: as in `load_dataset`).
 
     With `weights`, dataset d is drawn with probability w_d / sum(w): each of its n_d rows gets the
     sampling weight w_d / (n_d * sum(w)). Without, every row weighs the same (mixing by size).
@@ -232,7 +260,7 @@ def load_datasets(
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
     for i, path in enumerate(paths):
-        part = load_dataset(path, tokenizer, max_prompt_tokens, seen, report)
+        part = load_dataset(path, tokenizer, max_prompt_tokens, seen, report, routed)
         if weights:
             for row in part:
                 row["weight"] = weights[i] / (len(part) * sum(weights))

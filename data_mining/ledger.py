@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -87,7 +88,10 @@ class Ledger:
             groups.setdefault(s.prompt_id, []).append(s)
         moves = []
         for pid, group in groups.items():
-            old, new = self.record(pid, group[0].domain, len(group), sum(bool(s.passed) for s in group), step,
+            # A pass needs a finite reward: the reward pool already turns NaN/inf into errors, and a
+            # sample scored elsewhere must not count an infinite reward as solved either.
+            passes = sum(bool(s.passed) and math.isfinite(s.reward) for s in group)
+            old, new = self.record(pid, group[0].domain, len(group), passes, step,
                                    max(s.policy_version for s in group))
             moves.append((pid, old, new))
         return moves

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from data_mining.datasets import DatasetError, load_datasets, split_heldout
 from data_mining.tasks import make_task_split
@@ -19,12 +19,14 @@ def _tokenizer(cfg: Config) -> Any:
     return AutoTokenizer.from_pretrained(cfg.model.path)
 
 
-def load_prompts(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """Train and held-out rows: the configured datasets, validated (bad rows reported), or the
-    procedural tasks. Raises DatasetError naming the problem when no usable split comes out."""
+def load_prompts(cfg: Config, routed: Collection[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """Train and held-out rows: the configured datasets, validated (bad rows reported; `routed`: the
+    domains some reward scores, rows of others are bad rows), or the procedural tasks. Raises
+    DatasetError naming the problem when no usable split comes out."""
     tokenizer = _tokenizer(cfg)  # without one (to be bootstrapped), dataset lengths count bytes
     if cfg.data.datasets:
-        rows, report = load_datasets(cfg.data.datasets, cfg.data.dataset_weights, tokenizer, cfg.data.max_prompt_tokens)
+        rows, report = load_datasets(cfg.data.datasets, cfg.data.dataset_weights, tokenizer, cfg.data.max_prompt_tokens,
+                                     routed)
         print(report.summary(), flush=True)
         train, heldout = split_heldout(rows, cfg.data.heldout_fraction, cfg.data.heldout_prompts)
         if not train or (not heldout and (cfg.eval.before or cfg.eval.after)):

@@ -72,6 +72,11 @@ def _failed(row: dict, error: str) -> dict:
     return {**row, "score": 0.0, "components": {}, "error": error}
 
 
+def _not_json(token: str) -> None:
+    """Python's json accepts NaN and Infinity; they are not JSON, and would end up in the output."""
+    raise ValueError(f"{token} is not a JSON value")
+
+
 def read_rows(path: Path) -> list[tuple[int, dict | str]]:
     """(line number, row) for every non-blank line; a row that cannot be used is its error text."""
     rows: list[tuple[int, dict | str]] = []
@@ -80,8 +85,8 @@ def read_rows(path: Path) -> list[tuple[int, dict | str]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
+                row = json.loads(line, parse_constant=_not_json)
+            except ValueError as exc:  # json.JSONDecodeError is one
                 rows.append((line_number, f"line {line_number}: invalid JSON: {exc}"))
                 continue
             if not isinstance(row, dict):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -192,6 +193,7 @@ def combine(sample: Sample, route: list[tuple[str, float]], results: Mapping[str
             continue
         if not isinstance(result, RewardResult):
             raise TypeError(f"reward {name!r} returned {type(result).__name__}, expected RewardResult or None")
+        check_score(name, result)
         total += weight * result.score
         applied = True
         components[name] = result.score
@@ -199,7 +201,20 @@ def combine(sample: Sample, route: list[tuple[str, float]], results: Mapping[str
         passed = passed and (result.passed if result.passed is not None else result.score >= 1.0)
     if not applied:
         raise ValueError(f"no reward applies to prompt {sample.prompt_id} in domain {sample.domain!r}")
+    if not math.isfinite(total):  # finite scores times finite weights can still overflow
+        raise ValueError(f"the weighted sum of the rewards of domain {sample.domain!r} is {total}")
     return RewardResult(total, components, passed)
+
+
+def check_score(name: str, result: RewardResult) -> None:
+    """TypeError unless reward `name`'s score and components are real numbers, ValueError unless they
+    are finite: a NaN or inf reward would reach the advantages (and count as a pass) unnoticed."""
+    values = {"score": result.score, **{f"component {k!r}": v for k, v in result.components.items()}}
+    for what, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"reward {name!r} returned {what} {value!r} ({type(value).__name__}), expected a number")
+        if not math.isfinite(value):
+            raise ValueError(f"reward {name!r} returned a non-finite {what} ({value!r})")
 
 
 def route_for(sample: Sample, routes: Routes) -> list[tuple[str, float]]:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ def start_ray(cfg: Config) -> None:
     """
     if cfg.run.ray_address:
         ctx = ray.init(address=cfg.run.ray_address, log_to_driver=True)
+        check_placement(cfg, ray.cluster_resources().get("CPU", 0.0))
     else:
         ctx = ray.init(
             num_cpus=cfg.run.num_cpus, log_to_driver=True, include_dashboard=True,
@@ -56,6 +58,26 @@ def start_ray(cfg: Config) -> None:
         print(f"  the dashboard asks for the cluster's auth token: `ray get-auth-token` prints it (Ray reads "
               f"it from {source}); HTTP API clients send the header 'Authorization: Bearer <token>'",
               flush=True)
+
+
+def check_placement(cfg: Config, available: float | None = None) -> None:
+    """Exit naming the numbers when the actors ask for more Ray CPUs than there are (Ray would wait
+    for them forever): `available`, or for a local Ray run.num_cpus (null: this machine's cores).
+    Joining a cluster (run.ray_address) is checked once joined, against the cluster's CPUs."""
+    if available is None:
+        if cfg.run.ray_address:
+            return
+        available = float(cfg.run.num_cpus or os.cpu_count() or 1)
+    roles = {"rollout": (cfg.rollout.num_actors, cfg.rollout.cpus_per_actor),
+             "reward": (cfg.reward.num_actors, cfg.reward.cpus_per_actor), "trainer": (1, cfg.train.cpus)}
+    need = sum(n * cpus for n, cpus in roles.values())
+    if need > available + 1e-9:
+        parts = ", ".join(f"{role} {n} x {cpus:g}" for role, (n, cpus) in roles.items())
+        where = "the cluster has" if cfg.run.ray_address else ("run.num_cpus is" if cfg.run.num_cpus else
+                                                                "this machine has")
+        sys.exit(f"error: the actors need {need:g} Ray CPUs ({parts}: rollout.num_actors x rollout.cpus_per_actor, "
+                 f"reward.num_actors x reward.cpus_per_actor, train.cpus) but {where} {available:g}; Ray could "
+                 "never place them all")
 
 
 @contextlib.contextmanager

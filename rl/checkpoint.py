@@ -7,13 +7,22 @@ transformers and vLLM load as any other, plus what a resumed run needs to contin
     rollout_rng.pt     each rollout engine's sampler RNG
     ledger.parquet     the miner's pass-rate ledger with its sampler state
     resume.json        {"step": the step a resumed run starts at, "of_steps": run.steps}
+
+A checkpoint is written into a hidden temporary directory beside its destination and renamed into
+place only when complete, so a crash mid-save never leaves a directory that looks resumable (an
+old `resume.json` beside half-written weights, say). `run.keep_checkpoints` bounds how many
+`checkpoint-N` directories a run keeps; `run.resume=latest` (or a run directory) continues from
+the newest complete one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -57,9 +66,10 @@ def load_trainer_state(path: str | Path, optimizer: Any, scheduler: Any, rng: An
 
 
 def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
-    """The checkpoint the run starts from: model.path when it is one (checked in a dry run; a family
-    without a router adapter is refused while routing replay or the balance loss is on), else the one
-    `build` makes there (model.bootstrap); a dry run only says it is to be built."""
+    """The checkpoint the run starts from: model.path when it is one (checked: config, weight headers,
+    tokenizer, context length; a family without a router adapter is refused while routing replay or
+    the balance loss is on), else the one `build` makes there (model.bootstrap); a dry run only says
+    it is to be built."""
     path = Path(cfg.model.path)
     if (path / "config.json").exists():
         if cfg.train.routing_replay or cfg.train.aux_loss_coef > 0:  # both need the family's router adapter
@@ -69,8 +79,8 @@ def model_dir(cfg: Config, dry_run: bool, build: Callable[[Path], Path]) -> str:
                 sys.exit(f"error: model.path {str(path)!r}: {exc}")
             except (OSError, ValueError) as exc:  # transformers cannot read the config at all
                 sys.exit(f"error: model.path {str(path)!r} has no usable config.json: {exc}")
-        if dry_run:
-            check_model_dir(path)
+        check_model_dir(path)
+        check_context(cfg, path)
         return str(path)
     if path.exists():  # bootstrapping would replace whatever is there
         sys.exit(f"error: model.path {str(path)!r} exists but is not a Hugging Face checkpoint directory "
@@ -90,9 +100,91 @@ def check_model_dir(path: Path) -> None:
         sys.exit(f"error: model.path {str(path)!r} has no usable config.json: {exc}")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         sys.exit(f"error: model.path {str(path)!r} has no weight files (*.safetensors or *.bin)")
+    for weights in sorted(path.glob("*.safetensors")):
+        if problem := safetensors_problem(weights):
+            sys.exit(f"error: model.path {str(path)!r}: weight file {weights.name} {problem}")
     # transformers builds an empty tokenizer rather than fail when the files are missing.
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         sys.exit(f"error: model.path {str(path)!r} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What makes `path` an unreadable safetensors file, from its header alone (a file cut short by
+    a crash or a full disk, a file of another format), or None. Layout: an 8-byte little-endian
+    header length N, N bytes of JSON {name: {"data_offsets": [begin, end], ...}}, then the data."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > size - 8:
+            return f"is truncated or not a safetensors file ({size} bytes, header length {n})"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            return f"has an unreadable header ({type(exc).__name__}: {exc})"
+    if 8 + n + end > size:
+        return f"is truncated: its tensors end at byte {8 + n + end}, the file has {size}"
+    return None
+
+
+def check_context(cfg: Config, path: Path) -> None:
+    """Exit naming both numbers when the longest prompt plus completion exceeds the model's context."""
+    from transformers import AutoConfig
+
+    context = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    longest = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    if context is not None and cfg.data.max_prompt_tokens + longest > context:
+        sys.exit(f"error: data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + max_new_tokens ({longest}, the "
+                 f"larger of rollout.max_new_tokens and eval.max_new_tokens) = {cfg.data.max_prompt_tokens + longest} "
+                 f"tokens exceeds the context of model.path {str(path)!r} (max_position_embeddings {context})")
+
+
+def checkpoint_problem(path: Path) -> tuple[str, int]:
+    """(what keeps `path` from being a checkpoint `save` wrote, "" when nothing; its resume step)."""
+    needs = {"config.json": "config.json", "*.safetensors": "weights (*.safetensors)",
+             TRAINER_STATE: TRAINER_STATE, ENGINE_RNG: ENGINE_RNG, LEDGER: LEDGER, RESUME: RESUME}
+    if not path.is_dir():
+        return "does not exist", 0
+    missing = [what for pattern, what in needs.items() if not any(path.glob(pattern))]
+    if missing:
+        return f"lacks {', '.join(missing)}", 0
+    for weights in sorted(path.glob("*.safetensors")):
+        if problem := safetensors_problem(weights):
+            return f"has a weight file that {problem} ({weights.name})", 0
+    try:
+        return "", int(json.loads((path / RESUME).read_text())["step"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"has an unreadable {RESUME} ({exc!r})", 0
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint (`checkpoint-N/` or `final/`) of `run_dir` with the highest resume
+    step, the final one on a tie; None when there is none."""
+    found = []
+    for path in Path(run_dir).glob("*"):
+        if path.name == "final" or path.name.startswith("checkpoint-"):
+            problem, step = checkpoint_problem(path)
+            if not problem:
+                found.append((step, path.name == "final", path))
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def resolve_resume(cfg: Config) -> Config:
+    """`cfg` with run.resume naming a checkpoint directory: `latest` is the newest complete one in
+    run.dir (none: a fresh start), a run directory its newest; says which it picked."""
+    resume = cfg.run.resume
+    if not resume or (resume != "latest" and not (Path(resume) / "metrics.jsonl").exists()):
+        return cfg
+    run_dir = Path(cfg.run.dir if resume == "latest" else resume)
+    found = latest(run_dir)
+    if found is None and resume == "latest":
+        print(f"run.resume=latest: no complete checkpoint in {run_dir}; starting a fresh run", flush=True)
+    elif found is None:
+        _refuse(run_dir, "is a run directory without a complete checkpoint")
+    else:
+        print(f"run.resume={resume}: the newest complete checkpoint is {found}", flush=True)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=str(found) if found else None))
 
 
 def resume_step(cfg: Config) -> int:
@@ -100,31 +192,64 @@ def resume_step(cfg: Config) -> int:
     a checkpoint written by `save` exits with status 2, naming it and what it lacks."""
     if not cfg.run.resume:
         return 0
-    path = Path(cfg.run.resume)
-    needs = {"config.json": "config.json", "*.safetensors": "weights (*.safetensors)",
-             TRAINER_STATE: TRAINER_STATE, ENGINE_RNG: ENGINE_RNG, LEDGER: LEDGER, RESUME: RESUME}
-    missing = [what for pattern, what in needs.items() if not any(path.glob(pattern))]
-    problem = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}" if missing else ""
-    if not problem:
-        try:
-            return int(json.loads((path / RESUME).read_text())["step"])
-        except (ValueError, KeyError, TypeError) as exc:
-            problem = f"has an unreadable {RESUME} ({exc!r})"
-    print(f"error: run.resume {str(path)!r} is not a checkpoint directory to resume from: it {problem}",
-          file=sys.stderr, flush=True)
+    problem, step = checkpoint_problem(Path(cfg.run.resume))
+    if problem:
+        _refuse(Path(cfg.run.resume), f"is not a checkpoint directory to resume from: it {problem}")
+    return step
+
+
+def _refuse(path: Path, problem: str) -> None:
+    print(f"error: run.resume {str(path)!r} {problem}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 def save(cfg: Config, actors: Any, data: Saveable, path: Path, step: int) -> None:
     """Everything `run.resume=path` continues from: weights (a normal Hugging Face checkpoint with its
-    tokenizer), trainer and engine state, the ledger with the sampler state, and the step to start at."""
-    ray.get(actors.trainer.save.remote(str(path)))  # rank 0: data-parallel ranks hold the same state
-    torch.save(ray.get([r.rng_state.remote() for r in actors.rollouts]), Path(path) / ENGINE_RNG)
+    tokenizer), trainer and engine state, the ledger with the sampler state, and the step to start at;
+    written aside and renamed into place (module docstring), then old checkpoints pruned."""
+    path = Path(path)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for leftover in (tmp, old):  # a save interrupted earlier
+        shutil.rmtree(leftover, ignore_errors=True)
+    ray.get(actors.trainer.save.remote(str(tmp)))  # rank 0: data-parallel ranks hold the same state
+    torch.save(ray.get([r.rng_state.remote() for r in actors.rollouts]), tmp / ENGINE_RNG)
     for f in Path(cfg.model.path).iterdir():  # tokenizer files travel with the weights
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
-            shutil.copy(f, path / f.name)
-    data.save(path)
-    (path / RESUME).write_text(json.dumps({"step": step, "of_steps": cfg.run.steps}))
+            shutil.copy(f, tmp / f.name)
+    data.save(tmp)
+    (tmp / RESUME).write_text(json.dumps({"step": step, "of_steps": cfg.run.steps}))
+    if path.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    prune(path.parent, cfg.run.keep_checkpoints)
+
+
+def prune(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` `checkpoint-N` directories of `run_dir` (0: keep all); returns
+    the deleted ones. `final/` and anything else are never touched."""
+    numbered = sorted((int(p.name.split("-", 1)[1]), p) for p in run_dir.glob("checkpoint-*")
+                      if p.name.split("-", 1)[1].isdigit())
+    doomed = [p for _, p in numbered[:-keep]] if keep else []
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
+class SaveSchedule:
+    """When the loop writes a checkpoint: every run.save_every steps and run.save_every_minutes."""
+
+    def __init__(self, every_steps: int, every_minutes: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_steps, self.every_seconds, self.clock = every_steps, every_minutes * 60, clock
+        self.last = clock()
+
+    def due(self, steps_done: int) -> bool:
+        """True when a checkpoint is due after `steps_done` steps (and restarts the clock)."""
+        by_steps = bool(self.every_steps) and steps_done % self.every_steps == 0
+        by_time = bool(self.every_seconds) and self.clock() - self.last >= self.every_seconds
+        if by_steps or by_time:
+            self.last = self.clock()
+        return by_steps or by_time
 
 
 def restore(actors: Any, data: Saveable, path: str | Path) -> int:

@@ -87,7 +87,17 @@ class RunConfig:
                           "run stops naming the resources it lacks", "min": 0},
     )
     save_every: int = field(
-        default=0, metadata={"help": "checkpoint every N steps; 0 = only at the end", "min": 0}
+        default=0, metadata={"help": "checkpoint every N steps; 0 = by time (run.save_every_minutes) and at the end",
+                             "min": 0}
+    )
+    save_every_minutes: float = field(
+        default=10.0,
+        metadata={"help": "also checkpoint at the first step boundary this many minutes after the last checkpoint "
+                          "(or the start); 0 = off", "min": 0},
+    )
+    keep_checkpoints: int = field(
+        default=3, metadata={"help": "checkpoint-N directories kept in run.dir, the newest; 0 = all (final/ is "
+                                     "always kept)", "min": 0}
     )
     max_seconds: float = field(
         default=0.0,
@@ -98,7 +108,8 @@ class RunConfig:
         default=None,
         metadata={"help": "checkpoint directory (checkpoint-N/ or final/) to continue a run from: its weights, "
                           "optimiser, LR schedule, RNG, pass-rate ledger and sampler state; the loop resumes at "
-                          "the step in its resume.json"},
+                          "the step in its resume.json. A run directory: its newest complete checkpoint; "
+                          "'latest': run.dir's newest complete checkpoint, or a fresh start when it has none"},
     )
 
 
@@ -205,7 +216,8 @@ class RolloutConfig:
         default=1, metadata={"help": "torch/OMP threads in each rollout actor", "min": 1}
     )
     kv_cache_gib: float = field(
-        default=1.0, metadata={"help": "KV-cache memory per rollout actor, GiB", "min": 0}
+        default=1.0, metadata={"help": "KV-cache memory per rollout actor, whole GiB (vLLM's CPU backend sizes it in "
+                                       "whole GiB: VLLM_CPU_KVCACHE_SPACE)", "min": 1}
     )
     enforce_eager: bool = field(default=True, metadata={"help": "skip torch.compile in vLLM"})
     record_routing: bool = field(
@@ -232,6 +244,9 @@ class RolloutConfig:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {self.top_p}")
         _check_node_resource("rollout.node_resource", self.node_resource)
+        if self.kv_cache_gib != int(self.kv_cache_gib):  # rounding it would change the memory asked for
+            raise ConfigError(f"config key 'rollout.kv_cache_gib' must be a whole number of GiB (vLLM's CPU "
+                              f"backend takes whole GiB), got {self.kv_cache_gib}")
 
 
 @dataclass(frozen=True)
@@ -374,6 +389,11 @@ class TrainConfig:
     )
     grad_clip: float = field(
         default=1.0, metadata={"help": "max gradient norm; 0 disables clipping", "min": 0}
+    )
+    max_skipped_steps: int = field(
+        default=3,
+        metadata={"help": "RL steps in a row with an optimiser step skipped for a non-finite loss or gradient "
+                          "norm before the run stops (weights untouched, last checkpoint kept)", "min": 1},
     )
     advantage: str = field(default="grpo", metadata={"help": "advantage estimator, by registered name"})
     policy_loss: str = field(

@@ -10,7 +10,9 @@
 * a progress display on stdout (`Progress`).
 
 Only numeric values go to the Ray, TensorBoard and W&B sinks; lists (e.g. per-expert loads) stay in
-the jsonl record.
+the jsonl record. A NaN or infinite value is a symptom, so every sink records it as such: the jsonl
+writes `NaN`, `Infinity` or `-Infinity` (which Python's json and pandas read back as floats), and
+the dashboards plot the value itself rather than a gap that looks like a normal step.
 
 Key -> Ray metric (`ray_metric`), so that every new key exports without registration:
 
@@ -81,11 +83,8 @@ def ray_metric(key: str, domains: Collection[str]) -> tuple[str, dict[str, str]]
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The finite numeric entries of a metrics dict, as floats (bools count as 0/1)."""
-    return {
-        k: float(v) for k, v in metrics.items()
-        if isinstance(v, (int, float)) and math.isfinite(v)
-    }
+    """The numeric entries of a metrics dict, NaN and infinities included, as floats (bools count as 0/1)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 class Progress:
@@ -198,12 +197,17 @@ class MetricsLog:
 
     def __init__(
         self, run_dir: str | Path, total_steps: int, monitor: MonitorConfig | None = None,
-        domains: Collection[str] = (),
+        domains: Collection[str] = (), start_step: int | None = None,
     ) -> None:
+        """`start_step`: a resumed run's first step; what an earlier run logged from that step on
+        (after the checkpoint it resumes from) is cut from metrics.jsonl and hidden in TensorBoard,
+        so that no step is recorded twice."""
         global _display
         run_dir = Path(run_dir)
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start_step is not None:
+            truncate_metrics(self.path, start_step)
         self.start = time.time()
         self._file = self.path.open("a")
         self.progress = Progress(total_steps, monitor.progress if monitor else "auto")
@@ -219,7 +223,7 @@ class MetricsLog:
         if monitor is not None and monitor.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
         self._wandb = None
         if monitor is not None and monitor.wandb:
             self._wandb = _start_wandb(run_dir)
@@ -249,6 +253,32 @@ class MetricsLog:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Drop the records of `step` and later (and any line that does not parse, such as the torn last
+    line of a crashed run) from the jsonl at `path`, rewriting it atomically; returns how many lines
+    went, printing the count when some did."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record["step"]) < step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+        print(f"{path}: dropped {dropped} record(s) of step {step} and later, logged after the checkpoint "
+              "this run resumes from", flush=True)
+    return dropped
 
 
 def _start_wandb(run_dir: Path) -> Any:

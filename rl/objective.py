@@ -66,6 +66,17 @@ def lr_factor(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def non_finite(loss: float, grad_norm: float) -> str | None:
+    """Why an optimiser step must be skipped (its loss or gradient norm is NaN or inf), or None.
+
+    Stepping on a non-finite gradient writes NaN into every weight it reaches and into the Adam
+    moments, from which no later step recovers.
+    """
+    bad = [f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", grad_norm))
+           if not math.isfinite(value)]
+    return ", ".join(bad) or None
+
+
 def process_share(samples: list[Sample], slice_idx: list[int], rank: int, world: int) -> list[int]:
     """Process `rank`'s samples (of `world`) of an optimiser step's slice; all of them with one process.
 

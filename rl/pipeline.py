@@ -250,16 +250,21 @@ class PipelineState:
 
 
 def run_async(cfg: Config, actors: Any, miner: Any, log: Any, run_dir: Path, step_metrics: Any, save: Any,
-              deadline: float | None = None, start: int = 0, version: int = 0) -> tuple[int, PipelineState]:
+              deadline: float | None = None, start: int = 0, version: int = 0,
+              stop: Any = None) -> tuple[int, PipelineState]:
     """Steps `start`..run.steps-1 of an asynchronous run; returns the steps done and the state to
     checkpoint. `step_metrics(batch, reward_stats, train_stats, timer, step)` makes a step's record;
-    `save(data, path, step)` writes a checkpoint."""
+    `save(data, path, step)` writes a checkpoint; `stop` (`rl.stop.RunStop`) ends the run at a step
+    boundary when requested."""
     pipe = Pipeline(cfg, actors, miner, version, resume=cfg.run.resume)
     state = PipelineState(miner, pipe)
     busy = busy_meter(actors)
     for step in range(start, cfg.run.steps):
         if deadline is not None and time.time() >= deadline:
             print(f"run.max_seconds reached at step {step}", flush=True)
+            pipe.drain(step)
+            return step, state
+        if stop is not None and stop.requested():
             pipe.drain(step)
             return step, state
         timer, idle_before = PhaseTimer(), pipe.stream.idle_seconds()

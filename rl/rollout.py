@@ -26,7 +26,7 @@ CONCURRENCY_GROUPS = {"stream": 2, "weights": 1}
 def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     # vLLM reads these lazily, so setting them before the engine is built is enough.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(kv_cache_gib))))
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))  # a whole number (RolloutConfig.validate)
     # Thread placement is the actor's budget, not vLLM's auto-binding to the last cores.
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     os.environ["OMP_NUM_THREADS"] = str(threads)

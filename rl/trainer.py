@@ -122,8 +122,8 @@ class TrainerWorker:
         old = self.scorer.logprobs(self.model, samples, mine, stats) if cfg.updates_per_step > 1 else None
         ref = self.scorer.logprobs(self.ref_model, samples, mine) if self.ref_model is not None else None
         self.model.train()
-        for slice_idx, share in zip(slices, shares):
-            self._update(samples, old, ref, slice_idx, share, stats)
+        skipped = sum(self._update(samples, old, ref, slice_idx, share, stats)
+                      for slice_idx, share in zip(slices, shares))
         self.version += 1
         if self.accelerator.num_processes > 1:  # every process's measurements, merged in every process
             parts: list[Any] = [None] * self.accelerator.num_processes
@@ -137,13 +137,15 @@ class TrainerWorker:
             "rollout/staleness_mean": sum(staleness) / len(staleness),
             "time/train_compute": time.perf_counter() - t0,
             "policy_version": float(self.version),
+            "train/skipped_steps": float(skipped),
             # A family without a router adapter: replay, balance loss and expert metrics are off.
             **({} if self.replay else {"moe/routing_adapter": 0.0}),
         }
 
     def _update(self, samples: list[Sample], old: dict | None, ref: dict | None, slice_idx: list[int],
-                share: list[int], stats: StepStats) -> None:
-        """One optimiser step over `slice_idx`, this process running forward/backward on `share`."""
+                share: list[int], stats: StepStats) -> bool:
+        """One optimiser step over `slice_idx`, this process running forward/backward on `share`;
+        True when it was skipped for a non-finite loss or gradient norm (weights and optimiser untouched)."""
         # Normalisers over the whole optimiser step (all micro-batches and processes), so neither
         # accumulation nor data parallelism changes the loss.
         norm = Normalisers.of([samples[i] for i in slice_idx])
@@ -165,10 +167,29 @@ class TrainerWorker:
         # W x a share's part is the whole sum), whatever the micro-batch size.
         stats.add({"train/loss": loss})
         if self.cfg.grad_clip > 0:
-            norm_value = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            stats.add({"train/grad_norm": float(norm_value)})
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+            stats.add({"train/grad_norm": grad_norm})
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None]))
+        if self._any_process(objective.non_finite(loss, grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return True
         self.optimizer.step()
         self.scheduler.step()
+        return False
+
+    def _any_process(self, reason: str | None) -> bool:
+        """True when `reason` is set in any process (each process's loss is its own share's), printed
+        here; every process then takes the same decision and the replicas stay identical."""
+        if reason:
+            print(f"[trainer] optimiser step skipped at policy version {self.version}: non-finite {reason}",
+                  flush=True)
+        if self.accelerator.num_processes == 1:
+            return reason is not None
+        flag = torch.tensor([1.0 if reason else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _micro_step(self, chosen: list[Sample], old: list | None, ref: list | None, scale: float,
                     norm: Normalisers, stats: StepStats) -> float:

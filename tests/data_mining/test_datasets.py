@@ -58,7 +58,7 @@ def test_bad_rows_are_skipped_with_their_reasons_and_the_good_rows_train(tmp_pat
     rows, report = load_datasets([str(path)], max_prompt_tokens=64)
 
     assert [r["id"] for r in rows] == [r["id"] for r in GOOD]
-    assert [(b.index, b.reason) for b in report.bad] == [(len(GOOD) + i, reason) for i, (_, reason) in enumerate(BAD)]
+    assert [(b.line, b.reason) for b in report.bad] == [(len(GOOD) + i + 1, reason) for i, (_, reason) in enumerate(BAD)]
     assert report.reasons() == Counter(reason for _, reason in BAD)
     assert f"dataset {path}: {len(GOOD)} of {len(lines)} rows kept" in report.summary()
     assert "duplicate_id 1" in report.summary() and "prompt_too_long 1" in report.summary()
@@ -146,3 +146,53 @@ def test_heldout_split_is_stable_and_disjoint():
     assert not {r["id"] for r in train} & {r["id"] for r in heldout}
     assert 60 < len(heldout) < 140 and split_heldout(rows, 0.2, 1000) == (train, heldout)
     assert split_heldout(rows, 0.2, limit=5)[1] == heldout[:5]
+
+
+def test_input_that_would_score_0_forever_is_a_bad_row_with_its_1_based_line(tmp_path):
+    from data_mining.datasets import LoadReport
+
+    good = json.dumps(GOOD[0]).encode()
+    lines = [
+        good,
+        b"",  # a blank line still counts in the numbering
+        b'{"id": "u1", "domain": "math", "prompt": "caf\xe9", "answer": "1"}',  # Latin-1, not UTF-8
+        json.dumps({"id": "t1", "domain": "Math", "prompt": "1+1=", "answer": "2"}).encode(),
+        json.dumps({"id": "c2", "domain": "code", "prompt": "f", "tests": ["assert f(1) == (1"]}).encode(),
+        json.dumps({"id": "i2", "domain": "instruction", "prompt": "p",
+                    "constraints": {"instruction_id_list": ["punctuation:no_comas"], "kwargs": [{}]}}).encode(),
+        *[json.dumps({"id": f"t{i}", "domain": "cooking", "prompt": "soup?"}).encode() for i in range(2, 6)],
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = LoadReport()
+    rows = load_dataset(path, report=report, routed={"math", "code", "instruction"})
+    assert [r["id"] for r in rows] == ["m1"]
+    assert [(b.line, b.reason) for b in report.bad] == [
+        (3, "not_an_object"), (4, "unrouted_domain"), (5, "bad_tests"), (6, "bad_constraints"),
+        (7, "unrouted_domain"), (8, "unrouted_domain"), (9, "unrouted_domain"), (10, "unrouted_domain")]
+    assert "not UTF-8" in report.bad[0].detail and "0xe9" in report.bad[0].detail
+    assert "'Math'" in report.bad[1].detail and "routed: ['code', 'instruction', 'math']" in report.bad[1].detail
+    assert "tests do not parse" in report.bad[2].detail
+    assert "unknown id 'punctuation:no_comas'" in report.bad[3].detail
+    summary = report.summary()
+    assert "unrouted_domain 5" in summary
+    assert f"  line 4: unrouted_domain:" in summary and "  line 8: unrouted_domain:" in summary
+    assert "  line 9: unrouted_domain" not in summary  # the first 3 examples of a reason only
+    assert "  line 3: not_an_object: invalid JSON: not UTF-8" in summary
+    # Without the routed domains (procedural tasks, the reward CLI) any domain is accepted.
+    assert "t1" in [r["id"] for r in load_dataset(path)]
+
+
+def test_messages_without_a_chat_template_warn(tmp_path):
+    from data_mining.bootstrap import train_tokenizer
+    from data_mining.datasets import LoadReport
+
+    tokenizer = train_tokenizer(["user says hello there", "assistant 1+1=2"] * 20, vocab_size=64)
+    path = write_jsonl(tmp_path / "chat.jsonl", [GOOD[0], GOOD[2]])
+    report = LoadReport()
+    load_dataset(path, tokenizer, report=report)
+    assert f"warning: 1 messages rows of {path} rendered as plain 'role: content' lines" in report.summary()
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    report = LoadReport()
+    load_dataset(path, tokenizer, report=report)
+    assert "warning" not in report.summary()

@@ -125,3 +125,16 @@ def test_export_cli(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "data_mining.ledger", "export", str(tmp_path / "none")],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 1 and "no pass-rate ledger" in missing.stderr
+
+
+def test_a_sample_with_a_non_finite_reward_never_counts_as_a_pass():
+    from rl.types import Sample
+
+    def sample(reward):
+        s = Sample("p", "math", "q", [1], completion="x", policy_version=0)
+        s.reward, s.passed = reward, True
+        return s
+
+    ledger = Ledger()
+    ledger.record_samples([sample(float("inf")), sample(float("nan")), sample(1.0), sample(1.0)], step=0)
+    assert (ledger.entries["p"].attempts, ledger.entries["p"].successes) == (4, 2)

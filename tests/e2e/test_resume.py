@@ -87,8 +87,9 @@ def _dry_run(tmp_path: Path, resume: Path) -> list[str]:
 
 def _fake_checkpoint(path: Path, resume: dict | None) -> Path:
     path.mkdir()
-    for name in ("config.json", "model.safetensors", "trainer_state.pt", "rollout_rng.pt", "ledger.parquet"):
+    for name in ("config.json", "trainer_state.pt", "rollout_rng.pt", "ledger.parquet"):
         (path / name).write_text("")
+    (path / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")  # a valid header, no tensors
     if resume is not None:
         (path / "resume.json").write_text(json.dumps(resume))
     return path

@@ -89,3 +89,26 @@ def test_unknown_routed_reward_stops_before_scoring(tmp_path, capsys):
     assert main(["score", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--route", "math=nope"]) == 2
     assert "route for domain 'math' names unknown reward(s) ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_non_finite_scores_are_errors_and_the_output_is_strict_json(tmp_path):
+    (tmp_path / "odd.py").write_text(
+        "from rewards.registry import RewardResult\n"
+        "def odd(sample):\n"
+        "    return RewardResult({'n': float('nan'), 'i': float('inf'), 's': 'high'}.get(sample.completion, 1.0))\n"
+    )
+    rows = [{"id": k, "domain": "chat", "prompt": "Hi", "completion": k} for k in ("n", "i", "s", "ok")]
+    rows.append('{"id": "x", "domain": "chat", "prompt": "Hi", "completion": "ok", "temperature": NaN}')
+    proc, _ = _run(tmp_path, rows, "--custom", f"{tmp_path / 'odd.py'}:odd", "--route", "chat=odd")
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    text = (tmp_path / "scored.jsonl").read_text().splitlines()
+    out = [json.loads(line, parse_constant=refuse) for line in text]
+    assert [r["score"] for r in out] == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert "non-finite score (nan)" in out[0]["error"] and "non-finite score (inf)" in out[1]["error"]
+    assert "expected a number" in out[2]["error"] and "error" not in out[3]
+    assert out[4] == {"line": 5, "score": 0.0, "components": {}, "error": "line 5: invalid JSON: NaN is not a JSON value"}
+    assert "4 errors" in proc.stderr

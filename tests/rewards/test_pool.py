@@ -319,3 +319,42 @@ def test_the_code_reward_does_not_import_the_reward_pool():
                           cwd=Path(__file__).resolve().parents[2])
     loaded = eval(proc.stdout)
     assert "rewards.code" in loaded and "rewards.pool" not in loaded, proc.stderr
+
+
+@pytest.mark.parametrize("score, message", [
+    (float("nan"), "non-finite score (nan)"),
+    (float("inf"), "non-finite score (inf)"),
+    ("1.0", "score '1.0' (str), expected a number"),
+])
+def test_non_finite_or_non_numeric_score_is_a_reward_error(score, message, capsys):
+    @reward(f"t_bad_{score!s}")
+    def bad(sample):
+        return RewardResult(score if sample.completion == "bad" else 1.0)
+
+    samples = [_s("d", "bad", 0), _s("d", "good", 1), _s("d", "bad", 2)]
+    scored, stats = score_samples(samples, {"d": [(f"t_bad_{score!s}", 1.0)]})
+    assert [s.reward for s in scored] == [0.0, 1.0, 0.0]
+    assert [s.passed for s in scored] == [False, True, False]  # inf never counts as a pass
+    assert scored[0].reward_components == {"error": 1.0}
+    assert stats["reward/errors/d"] == 2.0
+    out = capsys.readouterr().out
+    assert "2 error(s) in domain 'd'" in out and message in out
+
+
+def test_non_finite_component_is_a_reward_error():
+    @reward("t_nan_component")
+    def bad(sample):
+        return RewardResult(1.0, {"x": float("-inf")})
+
+    scored, stats = score_samples([_s("d", "x")], {"d": [("t_nan_component", 1.0)]})
+    assert scored[0].reward == 0.0 and stats["reward/errors/d"] == 1.0
+
+
+def test_a_weighted_sum_that_overflows_is_a_reward_error(capsys):
+    @reward("t_big")
+    def big(sample):
+        return RewardResult(10.0)
+
+    scored, stats = score_samples([_s("d", "x")], {"d": [("t_big", 1e308)]})
+    assert scored[0].reward == 0.0 and stats["reward/errors/d"] == 1.0
+    assert "weighted sum of the rewards of domain 'd' is inf" in capsys.readouterr().out

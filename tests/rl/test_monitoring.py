@@ -57,9 +57,39 @@ def test_metric_names_are_prometheus_legal():
         assert PROMETHEUS_NAME.fullmatch(name), name
 
 
-def test_scalars_keep_finite_numbers_only():
+def test_scalars_keep_numbers_non_finite_ones_included():
     got = scalars({"a": 1, "b": 0.5, "c": True, "d": float("nan"), "e": [1.0, 2.0], "f": "x", "g": math.inf})
-    assert got == {"a": 1.0, "b": 0.5, "c": 1.0}
+    assert {k: v for k, v in got.items() if k != "d"} == {"a": 1.0, "b": 0.5, "c": 1.0, "g": math.inf}
+    assert math.isnan(got["d"])
+
+
+def test_non_finite_values_reach_every_sink_as_such(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import ray.util.metrics
+
+    gauges: dict[str, list[float]] = {}
+
+    class RecordingGauge:  # stands in for Ray's Gauge: what the Ray sink sets
+        def __init__(self, name, **_):
+            self.name = name
+
+        def set(self, value, tags):
+            gauges.setdefault(self.name, []).append(value)
+
+    monkeypatch.setattr(ray.util.metrics, "Gauge", RecordingGauge)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    log = MetricsLog(tmp_path, 1, MonitorConfig(ray_metrics=True, tensorboard=True, progress="lines"))
+    log.log(0, {"train/loss": float("nan"), "train/grad_norm": math.inf, "reward/mean": 0.5})
+    log.close()
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert math.isnan(record["train/loss"]) and record["train/grad_norm"] == math.inf
+    assert math.isnan(gauges["rl_train_loss"][0]) and gauges["rl_train_grad_norm"] == [math.inf]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert math.isnan(events.Scalars("train/loss")[0].value)
+    assert events.Scalars("train/grad_norm")[0].value == math.inf
 
 
 def test_grafana_dashboard_plots_every_monitored_metric():
@@ -371,3 +401,82 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
     events.Reload()
     assert set(events.Tags()["scalars"]) >= set(scalars(last)) - {"step", "wall_time"}
     assert events.Scalars("reward/mean")[-1].value == pytest.approx(last["reward/mean"])
+
+
+def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monitor = MonitorConfig(ray_metrics=False, tensorboard=True, progress="lines")
+    log = MetricsLog(tmp_path, 5, monitor)
+    for step in range(4):  # the run crashes after step 3; its checkpoint was written after step 1
+        log.log(step, {"reward/mean": float(step)})
+    log.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "rew')  # torn last line
+    resumed = MetricsLog(tmp_path, 5, monitor, start_step=2)
+    for step in range(2, 5):
+        resumed.log(step, {"reward/mean": 10.0 + step})
+    resumed.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"]) for r in records] == [(0, 0.0), (1, 1.0), (2, 12.0), (3, 13.0), (4, 14.0)]
+    assert "dropped 3 record(s) of step 2 and later" in capsys.readouterr().out
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("reward/mean")] == [
+        (0, 0.0), (1, 1.0), (2, 12.0), (3, 13.0), (4, 14.0)]
+
+
+def test_dry_run_writes_nothing_into_the_run_directory(dry_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("the run's own config\n")
+    ckpt = tmp_path / "ckpt"
+    assert dry_run(f"model.path={ckpt}") == 0
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == "the run's own config\n"
+    assert not ckpt.exists()
+
+
+def test_dry_run_catches_a_truncated_weight_file(dry_run, tiny_dir, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_dir, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(SystemExit) as exc:
+        dry_run(f"model.path={cut}")
+    assert str(cut) in exc.value.code and "model.safetensors is truncated" in exc.value.code
+
+
+def test_prompt_plus_completion_beyond_the_model_context_is_refused(tiny_dir):
+    from transformers import AutoConfig
+
+    from rl.checkpoint import check_context
+    from rl.config import load_config
+
+    context = AutoConfig.from_pretrained(tiny_dir).max_position_embeddings
+    fits = load_config(None, [f"data.max_prompt_tokens={context - 24}", "rollout.max_new_tokens=24"])
+    check_context(fits, Path(tiny_dir))
+    over = load_config(None, [f"data.max_prompt_tokens={context - 23}", "rollout.max_new_tokens=24"])
+    with pytest.raises(SystemExit) as exc:
+        check_context(over, Path(tiny_dir))
+    assert f"data.max_prompt_tokens ({context - 23}) + max_new_tokens (24" in exc.value.code
+    assert f"max_position_embeddings {context}" in exc.value.code
+
+
+@pytest.mark.parametrize("value, ok", [(1, True), (2.0, True), (0.5, False), (1.5, False)])
+def test_kv_cache_gib_is_a_whole_number_of_gib_or_refused(value, ok):
+    from rl.config import ConfigError, load_config
+
+    if ok:
+        assert load_config(None, [f"rollout.kv_cache_gib={value}"]).rollout.kv_cache_gib == value
+        return
+    with pytest.raises(ConfigError, match=f"rollout.kv_cache_gib.*got {value}"):
+        load_config(None, [f"rollout.kv_cache_gib={value}"])
+
+
+def test_actors_that_cannot_be_placed_are_refused_before_ray_starts(dry_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        dry_run("run.num_cpus=1")  # the default roles: 2 engines x 0.5 + a reward actor x 0 + the trainer's 1
+    assert "the actors need 2 Ray CPUs (rollout 2 x 0.5, reward 1 x 0, trainer 1 x 1" in exc.value.code
+    assert "run.num_cpus is 1" in exc.value.code
+    assert dry_run("run.num_cpus=2") == 0

@@ -195,3 +195,12 @@ def test_split_by_version_separates_the_current_policy_tokens():
     current, stale = split_by_version(gaps, samples, version=3)
     assert [c.tolist() for c in current] == [pytest.approx([0.2, 0.3]), pytest.approx([0.4, 0.5])]
     assert stale.tolist() == pytest.approx([0.1])
+
+
+def test_non_finite_names_what_is_not_finite():
+    from rl.objective import non_finite
+
+    assert non_finite(0.5, 2.0) is None
+    assert non_finite(float("nan"), 2.0) == "loss nan"
+    assert non_finite(1.0, float("inf")) == "gradient norm inf"
+    assert non_finite(float("-inf"), float("nan")) == "loss -inf, gradient norm nan"

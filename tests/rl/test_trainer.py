@@ -109,3 +109,21 @@ def test_per_domain_advantage_normalisation_puts_domains_on_one_scale():
     assert math_adv == pytest.approx(code_adv, abs=1e-4)  # 10x smaller code rewards, same scale after
     assign_advantages(samples, "dr_grpo", per_domain=False)
     assert abs(samples[0].advantage) == pytest.approx(10 * abs(samples[2].advantage), rel=1e-4)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_non_finite_loss_skips_the_optimiser_step_with_weights_untouched(tiny_dir, grad_clip):
+    trainer = _trainer(tiny_dir, grad_clip=grad_clip, advantage="dr_grpo")
+    samples = _samples(trainer, shift=0.05)
+    samples[0].reward = float("inf")  # Dr. GRPO's r - mean(r): NaN advantages in group "a", so a NaN loss
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    stats = trainer.train_step(samples)
+    assert stats["train/skipped_steps"] == 1.0
+    assert not torch.isfinite(torch.tensor(stats["train/loss"]))
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not trainer.optimizer.state  # no Adam moments were written
+    good = trainer.train_step(_samples(trainer, shift=0.05))  # the next finite step trains as usual
+    assert good["train/skipped_steps"] == 0.0
+    assert not all(torch.equal(before[k], trainer.model.state_dict()[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
