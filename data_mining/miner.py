@@ -6,13 +6,16 @@ miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it fou
 * offline pass: before RL, k samples per train prompt estimate its pass rate with the starting
   policy; prompts outside the learnable band (too_hard_max, solved_min) are parked;
 * online dynamic sampling (DAPO, Yu et al. 2025, arXiv:2503.14476, made durable by the ledger):
-  each step draws prompts from the `learnable` and `unseen` bands, weighted by 4 p (1 - p) (the
-  chance-scaled reward variance of a pass rate p; unseen prompts count as p = 0.5 at half weight),
-  drops zero-variance groups, and draws again until the batch is full or the draw budget
+  each step draws prompts weighted by their chance of a group with reward variance under the
+  ledger's posterior (`Ledger.useful`: both the estimate and its uncertainty count, so unseen and
+  stale prompts get explored; parked ones count `parked_draw_weight` as much, rarely but never
+  never), drops zero-variance groups, and draws again until the batch is full or the draw budget
   (`overdraw_budget` x prompts_per_step prompts) is spent; then it trains on what it has and
   records the short batch, never aborting;
-* re-mining: every K steps a random sample of `too_hard` and `solved` prompts is re-estimated
-  with the current policy, moving prompts back into the learnable band as the policy changes;
+* re-mining (`remine_plan`): each step, parked prompts whose evidence the policy has outgrown
+  (versions since their last evidence, their domain's pass-rate drift) are re-estimated, most
+  overdue first, with a share of the step's rollouts that grows as the learnable pool shrinks;
+  the re-estimate counts toward the step's draw budget;
 * domain quotas: each draw is split across domains by share_d = floor + (1 - D floor) s_d / sum s,
   s_d = (learnable + unseen share of domain d) x (1 - mean pass rate of d), i.e. toward domains
   with more prompts left to learn and more headroom, never below the floor (the see-saw problem);
@@ -35,14 +38,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data_mining.filters import filter_groups
-from data_mining.ledger import BANDS, Ledger
+from data_mining.ledger import BANDS, PARKED, Ledger
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
 from data_mining.sampler import weighted_sample
 from rl.config import Config, MiningConfig
 from rl.types import Sample
 
 GenerateAndScore = Callable[[list[dict[str, Any]], int], list[Sample]]
-UNSEEN_WEIGHT = 0.5  # an unseen prompt's draw weight, against 4 p (1 - p) <= 1 for a learnable one
 OFFLINE_CHUNK = 256  # prompts per generate call in the offline pass
 
 
@@ -83,6 +85,35 @@ def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[st
     return alloc
 
 
+def remine_count(open_prompts: int, reserve: float, step_rollouts: int, cfg: MiningConfig) -> int:
+    """Prompts to re-estimate this step: share x step_rollouts / estimate_samples, where the share
+    grows from remine_min_share (the learnable + unseen pool holds `reserve` prompts or more) to
+    remine_max_share (it is empty) in proportion to what is missing."""
+    if not cfg.remine_after_versions:
+        return 0
+    missing = max(0.0, 1.0 - open_prompts / reserve) if reserve > 0 else 0.0
+    share = cfg.remine_min_share + (cfg.remine_max_share - cfg.remine_min_share) * missing
+    return round(share * step_rollouts / cfg.estimate_samples)
+
+
+def overdue(ledger: Ledger, pids: list[str], version: int, cfg: MiningConfig) -> list[str]:
+    """The parked prompts among `pids` whose evidence the policy has outgrown, most overdue first:
+    due = versions / remine_after_versions + drift / remine_drift >= 1, with versions the policy
+    versions since the prompt's last evidence and drift how far its domain's (level's) pooled pass
+    rate has moved since then. Ties keep the order of `pids`."""
+    if not cfg.remine_after_versions:
+        return []
+    due = []
+    for i, pid in enumerate(pids):
+        e = ledger.entries[pid]
+        if e.band in PARKED:
+            drift = abs(ledger.prior(e.domain, e.difficulty) - e.prior_mean)
+            score = (version - e.policy_version) / cfg.remine_after_versions + drift / cfg.remine_drift
+            if score >= 1:
+                due.append((-score, i, pid))
+    return [pid for *_, pid in sorted(due)]
+
+
 class Miner:
     def __init__(
         self,
@@ -104,15 +135,17 @@ class Miner:
         self.by_domain: dict[str, list[str]] = {}
         for r in rows:
             self.by_domain.setdefault(r["domain"], []).append(r["id"])
-        self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.decay)
+        self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.evidence_half_life, cfg.prior_strength,
+                             cfg.park_min_evidence)
         for r in rows:
-            self.ledger.add(r["id"], r["domain"])
+            self.ledger.add(r["id"], r["domain"], int(r.get("difficulty", -1)))
         weights = [self.base_weight[r["id"]] for r in rows] if any("weight" in r for r in rows) else None
         self.sampler = sampler or EpochSampler(rows, seed=seed, weights=weights)
         self.rng = random.Random(seed)
         self.fixed_weights = {d: float(w) for d, _, w in (t.partition("=") for t in cfg.domain_weights)}
         self.keep_rate = 1.0  # running share of drawn groups that were useful; sizes the next draw
         self.in_flight: set[str] = set()  # prompts drawn whose groups are not scored yet (any step)
+        self.version = 0  # the newest policy version seen in a scored group
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
@@ -128,7 +161,7 @@ class Miner:
         spent = 0
         for i in range(0, len(ids), OFFLINE_CHUNK):
             samples = generate_and_score([self.rows[p] for p in ids[i:i + OFFLINE_CHUNK]], self.cfg.estimate_samples)
-            self.ledger.record_samples(samples, step)
+            self.record(samples, step)
             spent += len(samples)
         self.totals["rollouts"] += spent
         return {"mining/offline_rollouts": float(spent), **self.band_metrics()}
@@ -145,7 +178,7 @@ class Miner:
         for d in domains:
             entries = [self.ledger.entries[p] for p in self.by_domain[d]]
             open_share = sum(e.band in ("learnable", "unseen") for e in entries) / len(entries)
-            rates = [e.pass_rate for e in entries if e.pass_rate is not None]
+            rates = [r for e in entries if (r := self.ledger.mean(e)) is not None]
             score[d] = open_share * (1.0 - (sum(rates) / len(rates) if rates else 0.5))
         floor = self.cfg.domain_floor if self.cfg.domain_floor * len(domains) < 1 else 1.0 / len(domains)
         total = sum(score.values())
@@ -153,18 +186,33 @@ class Miner:
                 for d in domains}
 
     def _draw_weight(self, pid: str) -> float:
+        """The prompt's chance of a group with reward variance now (its evidence discounted to the
+        current policy version), times parked_draw_weight for a parked prompt."""
         e = self.ledger.entries[pid]
-        if e.band == "unseen":
-            return self.base_weight[pid] * UNSEEN_WEIGHT
-        if e.band == "learnable":
-            p = e.pass_rate
-            return self.base_weight[pid] * 4 * p * (1 - p)
-        return 0.0
+        w = self.base_weight[pid] * self.ledger.useful(e, self.samples_per_prompt, self.version)
+        return w * self.cfg.parked_draw_weight if e.band in PARKED else w
+
+    def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
+        """Scored samples into the ledger; the policy version they reached becomes the current one."""
+        self.version = max([self.version, *(s.policy_version for s in samples)])
+        return self.ledger.record_samples(samples, step)
+
+    def open_prompts(self) -> int:
+        """Prompts in the learnable and unseen bands."""
+        return sum(e.band in ("learnable", "unseen") for e in self.ledger.entries.values())
+
+    def remine_rows(self) -> list[str]:
+        """This step's re-estimate: the most overdue parked prompts not in flight (see `remine_count`)."""
+        n = remine_count(self.open_prompts(), self.cfg.learnable_reserve * self.prompts_per_step,
+                         self.prompts_per_step * self.samples_per_prompt, self.cfg)
+        if n <= 0:
+            return []
+        return overdue(self.ledger, [p for p in self.rows if p not in self.in_flight], self.version, self.cfg)[:n]
 
     def draw(self, n: int, exclude: set[str]) -> list[dict[str, Any]]:
-        """Up to n prompts from the learnable and unseen bands, split by the domain shares, counting
-        the prompts in flight toward their domains. When those bands are empty, the parked prompts
-        seen longest ago (their evidence is stalest). Prompts in flight are never drawn twice."""
+        """Up to n prompts drawn by `_draw_weight`, split by the domain shares, counting the prompts
+        in flight toward their domains. When no prompt has weight, the prompts seen longest ago
+        (their evidence is stalest). Prompts in flight are never drawn twice."""
         exclude = exclude | self.in_flight
         candidates = {
             d: [(p, w) for p in ids if p not in exclude and (w := self._draw_weight(p)) > 0]
@@ -212,13 +260,14 @@ class Miner:
 
     def state(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
-                "totals": dict(self.totals)}
+                "totals": dict(self.totals), "version": self.version}
 
     def load_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
         self.sampler.load_state(state["sampler"])
         self.keep_rate = state["keep_rate"]
         self.totals = Counter(state["totals"])
+        self.version = state.get("version", 0)  # absent in ledgers written before the posterior
 
     def save(self, path: str | Path) -> Path:
         """Ledger and sampler state into `path` (a directory gets `ledger.parquet`)."""
@@ -268,10 +317,7 @@ class StepFill:
         self.useful = self.rounds = 0
         self.pending = 0  # rows of training draws not scored yet
         self.remine_pending = 0  # rows of the re-estimate not scored yet
-        self.remine_due = cfg.enabled and bool(cfg.remine_every)
-        if self.remine_due:
-            self.metrics["mining/remine_moves"] = 0.0
-            self.remine_due = step > 0 and step % cfg.remine_every == 0
+        self.remine_due = cfg.enabled and bool(cfg.remine_after_versions)  # planned at the first draw
         self.done = False
 
     def next_draw(self) -> Draw | None:
@@ -279,15 +325,8 @@ class StepFill:
         miner, cfg = self.miner, self.miner.cfg
         if self.remine_due:
             self.remine_due = False
-            parked = [p for p in miner.rows
-                      if miner.ledger.entries[p].band in ("too_hard", "solved") and p not in miner.in_flight]
-            chosen = miner.rng.sample(parked, min(cfg.remine_prompts, len(parked)))
-            self.metrics["mining/remined_prompts"] = float(len(chosen))
-            self.metrics["mining/remine_moves"] = 0.0
-            if chosen:
-                miner.in_flight.update(chosen)
-                self.remine_pending = len(chosen)
-                return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
+            if draw := self._remine():
+                return draw
         if self._exhausted():
             return None
         need = self.target - self.useful - math.ceil(self.pending * max(miner.keep_rate, 0.25))
@@ -306,6 +345,21 @@ class StepFill:
         self.pending += len(rows)
         return Draw(rows, miner.samples_per_prompt)
 
+    def _remine(self) -> Draw | None:
+        """The re-estimate of overdue parked prompts; its rollouts come out of the step's draw budget
+        (in groups of samples_per_prompt), never below prompts_per_step."""
+        miner, cfg = self.miner, self.miner.cfg
+        chosen = miner.remine_rows()
+        self.metrics.update({"mining/remined_prompts": float(len(chosen)), "mining/remine_moves": 0.0,
+                             "mining/remine_rollouts": 0.0})
+        if not chosen:
+            return None
+        cost = math.ceil(len(chosen) * cfg.estimate_samples / miner.samples_per_prompt)
+        self.budget = max(self.target, self.budget - cost)
+        miner.in_flight.update(chosen)
+        self.remine_pending = len(chosen)
+        return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
+
     def _exhausted(self) -> bool:
         return self.done or self.useful >= self.target or len(self.drawn) >= self.budget
 
@@ -323,8 +377,8 @@ class StepFill:
         if draw.remine:
             self.remine_pending -= groups
             miner.totals["rollouts"] += len(samples)
-            self.metrics["mining/remine_rollouts"] = self.metrics.get("mining/remine_rollouts", 0.0) + len(samples)
-            for _, old, new in miner.ledger.record_samples(samples, self.step):
+            self.metrics["mining/remine_rollouts"] += len(samples)
+            for _, old, new in miner.record(samples, self.step):
                 if old != new:
                     self.metrics["mining/remine_moves"] += 1
                     key = f"mining/moves/{old}_to_{new}"
@@ -334,7 +388,7 @@ class StepFill:
         complete = draw.scored >= len(draw.rows)
         self.rounds += complete
         self.generated += samples
-        miner.ledger.record_samples(samples, self.step)
+        miner.record(samples, self.step)
         kept, stats = filter_groups(samples)
         self.reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
         found = _useful(samples)
