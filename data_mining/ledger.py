@@ -1,10 +1,11 @@
 """Per-prompt pass-rate ledger: the evidence that drives hard-example mining.
 
-Each prompt's pass rate p gets a Beta posterior. Its prior is the pass rate of the prompt's
-domain (and difficulty, once that level has `min_evidence` attempts), pooled over every group
-the ledger recorded, with `prior_strength` pseudo-attempts:
+Each prompt's pass rate p gets a Beta posterior. Its prior is the pass rate of a fresh prompt of
+its domain (and difficulty level, once that level has `min_evidence` attempts), pooled over the
+first group of every prompt (later groups are drawn for their own record, which would bias the
+pool toward 0.5), with `prior_strength` pseudo-attempts:
 
-    m = (S_group + 1) / (N_group + 2)                     prior mean (Laplace-smoothed pool)
+    m = (S_first + 1) / (N_first + 2)                     prior mean (Laplace-smoothed pool)
     a = k m + s_e,   b = k (1 - m) + f_e                  posterior Beta(a, b), k = prior_strength
 
 where s_e and f_e are the prompt's successes and failures, each discounted by the policy versions
@@ -23,6 +24,11 @@ The sampler's weight is the chance that a group of G completions has reward vari
 posterior (`useful_probability`, closed form for a Beta):
 
     P(useful) = 1 - E[p^G] - E[(1 - p)^G],   E[p^G] = B(a + G, b) / B(a, b) = prod_{i<G} (a + i) / (a + b + i)
+
+The same first-group pools give the pass rate per difficulty level that steers the task
+generators (`level_rates`); the pool of every group gives the domain's pass rate, whose drift
+since a prompt's last evidence is one of the reasons to re-mine it (`domain_rate`). All pools are
+discounted by policy versions like the prompts' evidence.
 
 The ledger is stored as Parquet (`ledger.parquet`: one row per prompt, float64 columns, so it
 restores bit for bit), with the pooled prior statistics and the data side's sampler state as JSON
@@ -75,7 +81,7 @@ class LedgerEntry:
     last_step: int = -1  # -1: never seen
     policy_version: int = -1  # newest policy version in the evidence
     band: str = "unseen"
-    prior_mean: float = 0.5  # the pooled pass rate of its domain (level) at its last evidence
+    domain_rate: float = 0.5  # its domain's pooled pass rate at its last evidence (re-mining drift)
 
     @property
     def evidence(self) -> float:
@@ -111,14 +117,29 @@ class Ledger:
 
     # --- the posterior -------------------------------------------------------------------------
 
+    def _rate(self, key: str, least: float) -> float | None:
+        s, n, _ = self.pools.get(key, (0.0, 0.0, 0))
+        return (s + 1.0) / (n + 2.0) if n >= least and n > 0 else None
+
     def prior(self, domain: str, difficulty: int = -1) -> float:
-        """Pooled pass rate of the domain's difficulty level (of the domain while the level has
-        fewer than min_evidence attempts), Laplace-smoothed; 0.5 for a domain never seen."""
-        for key in (f"{domain}/{difficulty}", domain):
-            s, n, _ = self.pools.get(key, (0.0, 0.0, 0))
-            if n >= self.min_evidence or (key == domain and n > 0):
-                return (s + 1.0) / (n + 2.0)
+        """The pass rate of a fresh prompt of the domain's difficulty level (of the domain while the
+        level has fewer than min_evidence attempts): first groups only, since later ones are drawn
+        for their own record; Laplace-smoothed; 0.5 for a domain never seen."""
+        for rate in (self._rate(f"first:{domain}/{difficulty}", self.min_evidence), self._rate(f"first:{domain}", 0),
+                     self._rate(domain, 0)):
+            if rate is not None:
+                return rate
         return 0.5
+
+    def domain_rate(self, domain: str) -> float:
+        """The domain's pass rate over every group recorded (discounted by versions)."""
+        return self._rate(domain, 0) or 0.5
+
+    def level_rates(self, domain: str) -> dict[int, float]:
+        """{difficulty level: pass rate of fresh prompts}, levels with min_evidence first-group attempts."""
+        prefix = f"first:{domain}/"
+        return {int(k[len(prefix):]): rate for k in self.pools
+                if k.startswith(prefix) and (rate := self._rate(k, self.min_evidence)) is not None}
 
     def posterior(self, e: LedgerEntry, version: int | None = None) -> tuple[float, float]:
         """(a, b) of the prompt's Beta posterior, its evidence discounted to policy `version` (default:
@@ -155,7 +176,7 @@ class Ledger:
         """Add one observation of a prompt; returns its (old band, new band)."""
         self.add(prompt_id, domain)
         e = self.entries[prompt_id]
-        old = e.band
+        old, first = e.band, e.attempts == 0
         f = self.discount(version - e.policy_version) if e.policy_version >= 0 else 1.0
         e.attempts += attempts
         e.successes += successes
@@ -163,9 +184,10 @@ class Ledger:
         e.evidence_failures = f * e.evidence_failures + (attempts - successes)
         e.last_step, e.policy_version = step, max(version, e.policy_version)
         self._pool(domain, attempts, successes, version)
-        if e.difficulty >= 0:
-            self._pool(f"{domain}/{e.difficulty}", attempts, successes, version)
-        e.prior_mean = self.prior(domain, e.difficulty)
+        if first:
+            self._pool(f"first:{domain}", attempts, successes, version)
+            self._pool(f"first:{domain}/{e.difficulty}", attempts, successes, version)
+        e.domain_rate = self.domain_rate(domain)
         e.band = self._band(e)
         return old, e.band
 
@@ -249,7 +271,7 @@ def migrate(rows: list[dict[str, Any]], config: dict[str, float]) -> Ledger:
             pool = ledger.pools.setdefault(e.domain, [0.0, 0.0, e.policy_version])
             pool[0], pool[1], pool[2] = pool[0] + e.evidence_successes, pool[1] + e.evidence, max(pool[2], e.policy_version)
     for e in ledger.entries.values():
-        e.prior_mean = ledger.prior(e.domain)
+        e.domain_rate = ledger.domain_rate(e.domain)
     return ledger
 
 

@@ -32,15 +32,18 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from data_mining.filters import filter_groups
+from data_mining.frontier import Frontier
 from data_mining.ledger import BANDS, PARKED, Ledger
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
 from data_mining.sampler import weighted_sample
+from data_mining.tasks import TASK_DOMAINS, TaskGenerator
 from rl.config import Config, MiningConfig
 from rl.types import Sample
 
@@ -85,13 +88,13 @@ def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[st
     return alloc
 
 
-def remine_count(open_prompts: int, reserve: float, step_rollouts: int, cfg: MiningConfig) -> int:
+def remine_count(supply: float, reserve: float, step_rollouts: int, cfg: MiningConfig) -> int:
     """Prompts to re-estimate this step: share x step_rollouts / estimate_samples, where the share
-    grows from remine_min_share (the learnable + unseen pool holds `reserve` prompts or more) to
-    remine_max_share (it is empty) in proportion to what is missing."""
+    grows from remine_min_share (the learnable and unseen bands' supply of useful groups is
+    `reserve` or more) to remine_max_share (it is empty) in proportion to what is missing."""
     if not cfg.remine_after_versions:
         return 0
-    missing = max(0.0, 1.0 - open_prompts / reserve) if reserve > 0 else 0.0
+    missing = max(0.0, 1.0 - supply / reserve) if reserve > 0 else 0.0
     share = cfg.remine_min_share + (cfg.remine_max_share - cfg.remine_min_share) * missing
     return round(share * step_rollouts / cfg.estimate_samples)
 
@@ -99,15 +102,15 @@ def remine_count(open_prompts: int, reserve: float, step_rollouts: int, cfg: Min
 def overdue(ledger: Ledger, pids: list[str], version: int, cfg: MiningConfig) -> list[str]:
     """The parked prompts among `pids` whose evidence the policy has outgrown, most overdue first:
     due = versions / remine_after_versions + drift / remine_drift >= 1, with versions the policy
-    versions since the prompt's last evidence and drift how far its domain's (level's) pooled pass
-    rate has moved since then. Ties keep the order of `pids`."""
+    versions since the prompt's last evidence and drift how far its domain's pooled pass rate has
+    moved since then. Ties keep the order of `pids`."""
     if not cfg.remine_after_versions:
         return []
     due = []
     for i, pid in enumerate(pids):
         e = ledger.entries[pid]
         if e.band in PARKED:
-            drift = abs(ledger.prior(e.domain, e.difficulty) - e.prior_mean)
+            drift = abs(ledger.domain_rate(e.domain) - e.domain_rate)
             score = (version - e.policy_version) / cfg.remine_after_versions + drift / cfg.remine_drift
             if score >= 1:
                 due.append((-score, i, pid))
@@ -124,21 +127,19 @@ class Miner:
         seed: int = 0,
         drop_zero_variance: bool = True,
         sampler: EpochSampler | None = None,
+        generators: dict[str, TaskGenerator] | None = None,
     ) -> None:
         if not rows:
             raise ValueError("the train prompt pool is empty")
         self.cfg = cfg
         self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
         self.drop_zero_variance = drop_zero_variance
-        self.rows = {r["id"]: r for r in rows}
-        self.base_weight = {r["id"]: float(r.get("weight", 1.0)) for r in rows}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.base_weight: dict[str, float] = {}
         self.by_domain: dict[str, list[str]] = {}
-        for r in rows:
-            self.by_domain.setdefault(r["domain"], []).append(r["id"])
         self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.evidence_half_life, cfg.prior_strength,
                              cfg.park_min_evidence)
-        for r in rows:
-            self.ledger.add(r["id"], r["domain"], int(r.get("difficulty", -1)))
+        self._add_rows(rows)
         weights = [self.base_weight[r["id"]] for r in rows] if any("weight" in r for r in rows) else None
         self.sampler = sampler or EpochSampler(rows, seed=seed, weights=weights)
         self.rng = random.Random(seed)
@@ -146,12 +147,61 @@ class Miner:
         self.keep_rate = 1.0  # running share of drawn groups that were useful; sizes the next draw
         self.in_flight: set[str] = set()  # prompts drawn whose groups are not scored yet (any step)
         self.version = 0  # the newest policy version seen in a scored group
+        self.frontier = Frontier(generators or {}, cfg)
+        self.warned: set[str] = set()  # domains whose exhaustion was reported
+        self.starved = False  # the last step finished short: its prompts' records overstate the supply
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
     def from_config(cls, cfg: Config, rows: list[dict[str, Any]], sampler: EpochSampler | None = None) -> "Miner":
+        """The run's miner; procedural tasks (no data.datasets) get their generators for refills."""
+        generators = {} if cfg.data.datasets or not cfg.mining.refill else {
+            TASK_DOMAINS[t]: TaskGenerator(t, cfg.run.seed, cfg.mining.refill_max_difficulty) for t in cfg.data.tasks}
         return cls(rows, cfg.mining, cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt,
-                   seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler)
+                   seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler,
+                   generators=generators)
+
+    def _add_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rows into the pool and the ledger (unseen); a row without `weight` weighs what its
+        domain's rows weigh on average."""
+        for r in rows:
+            if r["id"] in self.rows:
+                continue
+            ids = self.by_domain.setdefault(r["domain"], [])
+            default = sum(self.base_weight[p] for p in ids) / len(ids) if ids else 1.0
+            self.rows[r["id"]] = r
+            self.base_weight[r["id"]] = float(r.get("weight", default))
+            ids.append(r["id"])
+            self.ledger.add(r["id"], r["domain"], int(r.get("difficulty", -1)))
+
+    def refill(self) -> dict[str, float]:
+        """Domains whose supply of useful groups (`supply`) fell below their reserve
+        (learnable_reserve x prompts_per_step x the domain's share), and every domain after a short
+        step, get generated prompts at their frontier; a domain below its reserve that nothing can
+        refill is reported exhausted (a metric each step, a warning once)."""
+        if not self.cfg.enabled:
+            return {}
+        supply = self.supply()
+        metrics: dict[str, float] = {}
+        self.frontier.steer(self.ledger, {d: max(self.ledger.entries[p].difficulty for p in ids)
+                                          for d, ids in self.by_domain.items()})
+        for d, share in self.domain_shares().items():
+            reserve = self.cfg.learnable_reserve * self.prompts_per_step * share
+            metrics[f"mining/supply/{d}"] = supply[d]
+            if supply[d] >= reserve and not self.starved:
+                continue
+            rows = self.frontier.refill(d, set(self.rows)) if self.cfg.refill else []
+            self._add_rows(rows)
+            metrics[f"mining/refill/{d}"] = float(len(rows))
+            metrics[f"mining/exhausted/{d}"] = float(not rows and supply[d] < reserve)
+            if metrics[f"mining/exhausted/{d}"] and d not in self.warned:
+                self.warned.add(d)
+                print(f"warning: mining: domain {d!r} is down to {supply[d]:.1f} expected useful groups in its "
+                      f"learnable and unseen prompts (reserve {reserve:.0f}) and nothing can generate more; its share falls toward mining.domain_floor "
+                      "and its parked prompts come back only through re-mining", file=sys.stderr, flush=True)
+        metrics.update({f"mining/frontier/{d}": x for d, x in self.frontier.knobs.items()})
+        self.starved = False
+        return metrics
 
     # --- offline pass -------------------------------------------------------------------------
 
@@ -197,13 +247,18 @@ class Miner:
         self.version = max([self.version, *(s.policy_version for s in samples)])
         return self.ledger.record_samples(samples, step)
 
-    def open_prompts(self) -> int:
-        """Prompts in the learnable and unseen bands."""
-        return sum(e.band in ("learnable", "unseen") for e in self.ledger.entries.values())
+    def supply(self) -> Counter:
+        """{domain: expected useful groups in its learnable and unseen bands}: the sum of their
+        prompts' chance of a group with reward variance at the current policy version."""
+        out: Counter = Counter({d: 0.0 for d in self.by_domain})
+        for e in self.ledger.entries.values():
+            if e.band in ("learnable", "unseen"):
+                out[e.domain] += self.ledger.useful(e, self.samples_per_prompt, self.version)
+        return out
 
     def remine_rows(self) -> list[str]:
         """This step's re-estimate: the most overdue parked prompts not in flight (see `remine_count`)."""
-        n = remine_count(self.open_prompts(), self.cfg.learnable_reserve * self.prompts_per_step,
+        n = remine_count(sum(self.supply().values()), self.cfg.learnable_reserve * self.prompts_per_step,
                          self.prompts_per_step * self.samples_per_prompt, self.cfg)
         if n <= 0:
             return []
@@ -243,7 +298,9 @@ class Miner:
 
     def plan_step(self, step: int) -> "StepFill":
         """The draws of RL step `step`, one at a time: the driver generates and scores each (see `StepFill`)."""
-        return StepFill(self, step)
+        fill = StepFill(self, step)
+        fill.metrics.update(self.refill())
+        return fill
 
     def next_batch(self, step: int, generate_and_score: GenerateAndScore) -> StepBatch:
         """Draw, generate, score and filter until prompts_per_step useful groups (or the budget)."""
@@ -260,14 +317,20 @@ class Miner:
 
     def state(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
-                "totals": dict(self.totals), "version": self.version}
+                "totals": dict(self.totals), "version": self.version, "frontier": self.frontier.state(),
+                "warned": sorted(self.warned), "starved": self.starved}
 
     def load_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
         self.sampler.load_state(state["sampler"])
         self.keep_rate = state["keep_rate"]
         self.totals = Counter(state["totals"])
-        self.version = state.get("version", 0)  # absent in ledgers written before the posterior
+        # Absent in ledgers written before the posterior:
+        self.version = state.get("version", 0)
+        self.warned, self.starved = set(state.get("warned", ())), state.get("starved", False)
+        if "frontier" in state:
+            self.frontier.load_state(state["frontier"])
+            self._add_rows(self.frontier.generated)
 
     def save(self, path: str | Path) -> Path:
         """Ledger and sampler state into `path` (a directory gets `ledger.parquet`)."""
@@ -280,6 +343,8 @@ class Miner:
             raise ValueError(f"{str(path)!r} holds a ledger without sampler state")
         for pid, entry in self.ledger.entries.items():
             ledger.entries.setdefault(pid, entry)
+        for key, value in self.ledger.config().items():  # this run's mining config, not the saved one
+            setattr(ledger, key, value)
         self.ledger = ledger
         self.load_state(state)
 
@@ -418,6 +483,7 @@ class StepFill:
         miner.totals["useful_groups"] += useful
         short = cfg.enabled and useful < self.target
         miner.totals["short_batches"] += short
+        miner.starved = miner.starved or short
         spent = miner.totals["rollouts"] - self.spent_before
         metrics = self.metrics
         metrics.update({

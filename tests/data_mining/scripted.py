@@ -41,6 +41,21 @@ class ScriptedPolicy:
         return out
 
 
+class LevelPolicy(ScriptedPolicy):
+    """A policy whose pass rate on a fresh prompt falls with its difficulty, `curve[difficulty]`,
+    and rises by `practice` each time it generates for that prompt (up to 1)."""
+
+    def __init__(self, curve: dict[int, float], seed: int = 0, practice: float = 0.0) -> None:
+        super().__init__({}, seed)
+        self.curve, self.practice = curve, practice
+
+    def __call__(self, rows: list[dict], n: int) -> list[Sample]:
+        for r in rows:
+            fresh = self.curve[r["difficulty"]]
+            self.truth[r["id"]] = min(1.0, self.truth[r["id"]] + self.practice) if r["id"] in self.truth else fresh
+        return super().__call__(rows, n)
+
+
 def run(miner: Miner, policy: ScriptedPolicy, steps: int, start: int = 0, moving: bool = False) -> list[list[Sample]]:
     """The train samples of `steps` steps; `moving`: the policy's version is the step (one update a step)."""
     batches = []

@@ -119,7 +119,7 @@ def test_overdue_orders_parked_prompts_by_policy_movement():
     # The domain's pass rate moving by remine_drift makes even fresh evidence due.
     for i in range(6):
         ledger.record(f"easy{i}", "math", 8, 8, step=18, version=18)
-    assert ledger.prior("math") - ledger.entries["new"].prior_mean >= 0.2
+    assert ledger.domain_rate("math") - ledger.entries["new"].domain_rate >= 0.2
     assert overdue(ledger, ["new", "mid", "old"], 20, cfg)[-1] == "new"
     assert overdue(ledger, ["old"], 20, replace(cfg, remine_after_versions=0)) == []
 
