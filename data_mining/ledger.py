@@ -9,8 +9,9 @@ pool toward 0.5), with `prior_strength` pseudo-attempts:
     a = k m + s_e,   b = k (1 - m) + f_e                  posterior Beta(a, b), k = prior_strength
 
 where s_e and f_e are the prompt's successes and failures, each discounted by the policy versions
-passed since it was gathered: evidence `dv` versions old weighs 0.5 ** (dv / half_life), so what
-an older policy did fades as the policy moves. A success is a completion that `passed` (the
+passed since it was gathered and by the prompt's groups recorded since: evidence `dv` versions and
+`k` groups old weighs 0.5 ** (dv / half_life) * decay ** k, so what an older policy did fades as
+the policy moves, fastest on the prompts it trains on. A success is a completion that `passed` (the
 reward's own pass threshold), so a group of G completions is a Binomial(G, p) draw and the Beta is
 its conjugate prior; a partial score without a pass counts as a failure.
 
@@ -90,15 +91,15 @@ class LedgerEntry:
 
 class Ledger:
     def __init__(self, too_hard_max: float = 0.1, solved_min: float = 0.9, half_life: float = 50.0,
-                 prior_strength: float = 2.0, min_evidence: float = 16.0) -> None:
-        self.too_hard_max, self.solved_min = too_hard_max, solved_min
+                 prior_strength: float = 2.0, min_evidence: float = 16.0, decay: float = 1.0) -> None:
+        self.too_hard_max, self.solved_min, self.decay = too_hard_max, solved_min, decay
         self.half_life, self.prior_strength, self.min_evidence = half_life, prior_strength, min_evidence
         self.entries: dict[str, LedgerEntry] = {}
         self.pools: dict[str, list[float]] = {}  # "domain" or "domain/level" -> [successes, attempts, version]
 
     def config(self) -> dict[str, float]:
         return {"too_hard_max": self.too_hard_max, "solved_min": self.solved_min, "half_life": self.half_life,
-                "prior_strength": self.prior_strength, "min_evidence": self.min_evidence}
+                "prior_strength": self.prior_strength, "min_evidence": self.min_evidence, "decay": self.decay}
 
     def add(self, prompt_id: str, domain: str, difficulty: int = -1) -> None:
         if prompt_id not in self.entries:
@@ -177,7 +178,7 @@ class Ledger:
         self.add(prompt_id, domain)
         e = self.entries[prompt_id]
         old, first = e.band, e.attempts == 0
-        f = self.discount(version - e.policy_version) if e.policy_version >= 0 else 1.0
+        f = self.decay * self.discount(version - e.policy_version) if e.policy_version >= 0 else 1.0
         e.attempts += attempts
         e.successes += successes
         e.evidence_successes = f * e.evidence_successes + successes
@@ -261,7 +262,7 @@ class Ledger:
 def migrate(rows: list[dict[str, Any]], config: dict[str, float]) -> Ledger:
     """A ledger from format-1 rows (recent_attempts/recent_successes, decayed per observation): the
     recent counts become the evidence, the bands stay, the pools are rebuilt from the evidence."""
-    ledger = Ledger(config["too_hard_max"], config["solved_min"])
+    ledger = Ledger(config["too_hard_max"], config["solved_min"], decay=config["decay"])
     for row in rows:
         e = LedgerEntry(row["prompt_id"], row["domain"], -1, row["attempts"], row["successes"],
                         row["recent_successes"], row["recent_attempts"] - row["recent_successes"],

@@ -12,10 +12,13 @@ miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it fou
   never), drops zero-variance groups, and draws again until the batch is full or the draw budget
   (`overdraw_budget` x prompts_per_step prompts) is spent; then it trains on what it has and
   records the short batch, never aborting;
-* re-mining (`remine_plan`): each step, parked prompts whose evidence the policy has outgrown
-  (versions since their last evidence, their domain's pass-rate drift) are re-estimated, most
-  overdue first, with a share of the step's rollouts that grows as the learnable pool shrinks;
-  the re-estimate counts toward the step's draw budget;
+* re-mining (`remine_count`, `overdue`): each step, parked prompts whose evidence the policy has
+  outgrown (versions since their last evidence, their domain's pass-rate drift) are re-estimated,
+  most overdue first, with a share of the step's rollouts that grows as the learnable pool
+  shrinks; the re-estimate counts toward the step's draw budget, and when it samples
+  samples_per_prompt completions its groups with reward variance join the batch;
+* refill (`Miner.refill`, `data_mining.frontier`): a domain short of useful prompts gets new
+  procedural prompts at the difficulty where its pass rate is near 0.5, or is reported exhausted;
 * domain quotas: each draw is split across domains by share_d = floor + (1 - D floor) s_d / sum s,
   s_d = (learnable + unseen share of domain d) x (1 - mean pass rate of d), i.e. toward domains
   with more prompts left to learn and more headroom, never below the floor (the see-saw problem);
@@ -138,7 +141,7 @@ class Miner:
         self.base_weight: dict[str, float] = {}
         self.by_domain: dict[str, list[str]] = {}
         self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.evidence_half_life, cfg.prior_strength,
-                             cfg.park_min_evidence)
+                             cfg.park_min_evidence, cfg.decay)
         self._add_rows(rows)
         weights = [self.base_weight[r["id"]] for r in rows] if any("weight" in r for r in rows) else None
         self.sampler = sampler or EpochSampler(rows, seed=seed, weights=weights)
@@ -357,10 +360,11 @@ class StepFill:
             fill.add(draw, generate_and_score(draw.rows, draw.n))
         batch = fill.finish()
 
-    When re-mining is due, the first draw re-estimates parked prompts (`Draw.remine`). Then each draw
-    asks for the prompts still missing, scaled up by the recent keep rate, from the learnable and
-    unseen bands (mining on) or the next shuffled prompts (mining off, one draw); `add` records every
-    group in the ledger and keeps the groups with reward variance. The draws stop at
+    When parked prompts are overdue, the first draw re-estimates them (`Draw.remine`; its groups
+    with reward variance train too when it samples samples_per_prompt). Then each draw asks for the
+    prompts still missing, scaled up by the recent keep rate, by usefulness weight (mining on) or
+    the next shuffled prompts (mining off, one draw); `add` records every group in the ledger and
+    keeps the groups with reward variance. The draws stop at
     `prompts_per_step` useful groups or at the draw budget, and `finish` returns what there is.
 
     Asynchronous training asks for draws while earlier ones are still being generated and hands
@@ -379,6 +383,7 @@ class StepFill:
         self.train: list[Sample] = []
         self.reasons: Counter = Counter()
         self.drawn: set[str] = set()
+        self.remined: set[str] = set()
         self.useful = self.rounds = 0
         self.pending = 0  # rows of training draws not scored yet
         self.remine_pending = 0  # rows of the re-estimate not scored yet
@@ -399,7 +404,7 @@ class StepFill:
             return None
         if cfg.enabled:
             rows = miner.draw(min(math.ceil(need / max(miner.keep_rate, 0.25)), self.budget - len(self.drawn)),
-                              self.drawn)
+                              self.drawn | self.remined)
         else:
             rows = miner.sampler.next(need)
         if not rows:
@@ -416,12 +421,13 @@ class StepFill:
         miner, cfg = self.miner, self.miner.cfg
         chosen = miner.remine_rows()
         self.metrics.update({"mining/remined_prompts": float(len(chosen)), "mining/remine_moves": 0.0,
-                             "mining/remine_rollouts": 0.0})
+                             "mining/remine_rollouts": 0.0, "mining/remine_useful_groups": 0.0})
         if not chosen:
             return None
         cost = math.ceil(len(chosen) * cfg.estimate_samples / miner.samples_per_prompt)
         self.budget = max(self.target, self.budget - cost)
         miner.in_flight.update(chosen)
+        self.remined = set(chosen)  # not drawn again this step: one group per prompt in the batch
         self.remine_pending = len(chosen)
         return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
 
@@ -448,6 +454,12 @@ class StepFill:
                     self.metrics["mining/remine_moves"] += 1
                     key = f"mining/moves/{old}_to_{new}"
                     self.metrics[key] = self.metrics.get(key, 0.0) + 1
+            if draw.n == miner.samples_per_prompt:  # a group like any other: with reward variance it trains
+                kept, _ = filter_groups(samples)
+                found = _useful(samples)
+                self.useful += found
+                self.metrics["mining/remine_useful_groups"] += found
+                self.train += kept
             return
         self.pending -= groups
         complete = draw.scored >= len(draw.rows)

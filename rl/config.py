@@ -422,6 +422,11 @@ class MiningConfig:
     solved_min: float = field(
         default=0.9, metadata={"help": "a prompt whose posterior mean pass rate is >= this is solved", "min": 0}
     )
+    decay: float = field(
+        default=0.5,
+        metadata={"help": "share of a prompt's earlier evidence kept at each new group of it, on top of the version "
+                          "discount (the policy moves most on the prompts it trains on); 1 = versions only", "min": 0},
+    )
     evidence_half_life: float = field(
         default=50.0,
         metadata={"help": "policy versions after which a scored group weighs half in its prompt's pass-rate "
@@ -433,7 +438,7 @@ class MiningConfig:
                           "level's) pooled pass rate", "min": 0.01},
     )
     park_min_evidence: float = field(
-        default=12.0,
+        default=10.0,
         metadata={"help": "discounted attempts a prompt needs before it is parked as too_hard or solved", "min": 0},
     )
     parked_draw_weight: float = field(
@@ -487,7 +492,7 @@ class MiningConfig:
                           "instruction have levels 1-3)", "min": 1},
     )
     refill_max_prompts: int = field(
-        default=4000, metadata={"help": "most prompts generated in a whole run", "min": 0}
+        default=20000, metadata={"help": "most prompts generated in a whole run", "min": 0}
     )
     overdraw_budget: float = field(
         default=4.0,
@@ -512,7 +517,7 @@ class MiningConfig:
                 f"config key 'mining.solved_min' must be in (mining.too_hard_max, 1] = ({self.too_hard_max}, 1], "
                 f"got {self.solved_min}"
             )
-        for key in ("domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share"):
+        for key in ("decay", "domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share"):
             if getattr(self, key) > 1:
                 raise ConfigError(f"config key 'mining.{key}' must be <= 1, got {getattr(self, key)}")
         if self.remine_min_share > self.remine_max_share:

@@ -90,10 +90,16 @@ def test_remining_follows_the_policy_moving():
     parked = sum(e.band == "too_hard" for e in miner.ledger.entries.values())
     better = ScriptedPolicy({pid: (0.5 if pid.startswith("impossible") else p) for pid, p in truth.items()}, version=40)
     miner.next_batch(8, better)  # the miner learns the policy's version from the groups it scores
-    metrics = miner.next_batch(9, better).metrics
+    batch = miner.next_batch(9, better)
+    metrics = batch.metrics
     assert 4 <= metrics["mining/remined_prompts"] <= PER_STEP  # share 0.5..1 of 8 groups of 8 rollouts
     assert metrics["mining/remine_rollouts"] == GROUP * metrics["mining/remined_prompts"]
     assert metrics["mining/moves/too_hard_to_learnable"] >= 1
+    # A re-estimate of samples_per_prompt completions with reward variance trains like any group.
+    remined_in_batch = {s.prompt_id for s in batch.train} - {s.prompt_id for s in batch.generated}
+    assert len(remined_in_batch) == metrics["mining/remine_useful_groups"] >= 1
+    assert all(p.startswith("impossible") for p in remined_in_batch)
+    assert metrics["mining/useful_groups"] >= PER_STEP
     for step in range(10, 20):
         better.version = 40 + step
         miner.next_batch(step, better)
