@@ -95,7 +95,8 @@ class Ledger:
         self.too_hard_max, self.solved_min, self.decay = too_hard_max, solved_min, decay
         self.half_life, self.prior_strength, self.min_evidence = half_life, prior_strength, min_evidence
         self.entries: dict[str, LedgerEntry] = {}
-        self.pools: dict[str, list[float]] = {}  # "domain" or "domain/level" -> [successes, attempts, version]
+        self.pools: dict[str, list[float]] = {}  # "domain", "first:domain[/level]" -> [successes, attempts, version]
+        self._priors: dict[tuple[str, int], float] = {}  # `prior` until the pools change
 
     def config(self) -> dict[str, float]:
         return {"too_hard_max": self.too_hard_max, "solved_min": self.solved_min, "half_life": self.half_life,
@@ -126,6 +127,12 @@ class Ledger:
         """The pass rate of a fresh prompt of the domain's difficulty level (of the domain while the
         level has fewer than min_evidence attempts): first groups only, since later ones are drawn
         for their own record; Laplace-smoothed; 0.5 for a domain never seen."""
+        key = (domain, difficulty)
+        if key not in self._priors:
+            self._priors[key] = self._prior(domain, difficulty)
+        return self._priors[key]
+
+    def _prior(self, domain: str, difficulty: int) -> float:
         for rate in (self._rate(f"first:{domain}/{difficulty}", self.min_evidence), self._rate(f"first:{domain}", 0),
                      self._rate(domain, 0)):
             if rate is not None:
@@ -165,6 +172,7 @@ class Ledger:
     def _pool(self, key: str, attempts: int, successes: int, version: int) -> None:
         s, n, v = self.pools.get(key, (0.0, 0.0, version))
         f = self.discount(version - v)
+        self._priors.clear()
         self.pools[key] = [f * s + successes, f * n + attempts, max(v, version)]
 
     def _band(self, e: LedgerEntry) -> str:

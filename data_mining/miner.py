@@ -153,6 +153,7 @@ class Miner:
         self.frontier = Frontier(generators or {}, cfg)
         self.warned: set[str] = set()  # domains whose exhaustion was reported
         self.starved = False  # the last step finished short: its prompts' records overstate the supply
+        self.domain_keep: dict[str, float] = {}  # running share of drawn groups with reward variance
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
@@ -179,8 +180,9 @@ class Miner:
 
     def refill(self) -> dict[str, float]:
         """Domains whose supply of useful groups (`supply`) fell below their reserve
-        (learnable_reserve x prompts_per_step x the domain's share), and every domain after a short
-        step, get generated prompts at their frontier; a domain below its reserve that nothing can
+        (learnable_reserve x prompts_per_step x the domain's share) or whose drawn groups had reward
+        variance less often than refill_keep_rate of late, and every domain after a short step, get
+        generated prompts at their frontier (the ledger lags a policy that learns its prompts); a domain below its reserve that nothing can
         refill is reported exhausted (a metric each step, a warning once)."""
         if not self.cfg.enabled:
             return {}
@@ -191,7 +193,7 @@ class Miner:
         for d, share in self.domain_shares().items():
             reserve = self.cfg.learnable_reserve * self.prompts_per_step * share
             metrics[f"mining/supply/{d}"] = supply[d]
-            if supply[d] >= reserve and not self.starved:
+            if supply[d] >= reserve and not self.starved and self.domain_keep.get(d, 1.0) >= self.cfg.refill_keep_rate:
                 continue
             rows = self.frontier.refill(d, set(self.rows)) if self.cfg.refill else []
             self._add_rows(rows)
@@ -321,7 +323,8 @@ class Miner:
     def state(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
                 "totals": dict(self.totals), "version": self.version, "frontier": self.frontier.state(),
-                "warned": sorted(self.warned), "starved": self.starved}
+                "warned": sorted(self.warned), "starved": self.starved,
+                "domain_keep": dict(self.domain_keep)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -331,6 +334,7 @@ class Miner:
         # Absent in ledgers written before the posterior:
         self.version = state.get("version", 0)
         self.warned, self.starved = set(state.get("warned", ())), state.get("starved", False)
+        self.domain_keep = dict(state.get("domain_keep", {}))
         if "frontier" in state:
             self.frontier.load_state(state["frontier"])
             self._add_rows(self.frontier.generated)
@@ -486,6 +490,19 @@ class StepFill:
         self.miner = miner
         return self
 
+    def _update_domain_keep(self) -> None:
+        """Each drawn domain's running share of groups with reward variance (a refill trigger)."""
+        groups: dict[str, set] = {}
+        for s in self.generated:
+            groups.setdefault(s.prompt_id, set()).add(s.reward)
+        drawn, useful = Counter(), Counter()
+        for pid, rewards in groups.items():
+            domain = self.miner.rows[pid]["domain"]
+            drawn[domain] += 1
+            useful[domain] += len(rewards) > 1
+        for d, n in drawn.items():
+            self.miner.domain_keep[d] = 0.7 * self.miner.domain_keep.get(d, 1.0) + 0.3 * useful[d] / n
+
     def finish(self) -> StepBatch:
         """The step's batch and its mining metrics; the run totals updated."""
         miner, cfg, useful = self.miner, self.miner.cfg, self.useful
@@ -496,6 +513,7 @@ class StepFill:
         short = cfg.enabled and useful < self.target
         miner.totals["short_batches"] += short
         miner.starved = miner.starved or short
+        self._update_domain_keep()
         spent = miner.totals["rollouts"] - self.spent_before
         metrics = self.metrics
         metrics.update({

@@ -483,6 +483,11 @@ class MiningConfig:
         metadata={"help": "when a domain's learnable pool runs low, its procedural task family generates new "
                           "prompts at the difficulty where the pass rate is near 0.5 (procedural tasks only)"},
     )
+    refill_keep_rate: float = field(
+        default=0.6,
+        metadata={"help": "a domain whose drawn groups had reward variance less often than this of late is "
+                          "refilled too (its ledger lags a policy that learns its prompts)", "min": 0},
+    )
     refill_prompts: int = field(
         default=64, metadata={"help": "prompts generated per refill of a domain", "min": 1}
     )
@@ -517,7 +522,8 @@ class MiningConfig:
                 f"config key 'mining.solved_min' must be in (mining.too_hard_max, 1] = ({self.too_hard_max}, 1], "
                 f"got {self.solved_min}"
             )
-        for key in ("decay", "domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share"):
+        for key in ("decay", "domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share",
+                    "refill_keep_rate"):
             if getattr(self, key) > 1:
                 raise ConfigError(f"config key 'mining.{key}' must be <= 1, got {getattr(self, key)}")
         if self.remine_min_share > self.remine_max_share:

@@ -104,3 +104,11 @@ def test_resume_restores_ledger_generators_and_sampler_exactly(tmp_path):
     assert [[s.prompt_id for s in x] for x in a] == [[s.prompt_id for s in x] for x in b]
     assert resumed.ledger.entries == miner.ledger.entries and resumed.state() == miner.state()
     assert len(miner.frontier.generated) > 16
+
+
+def test_a_domain_whose_groups_rarely_vary_is_refilled():
+    miner = level_miner(MiningConfig(enabled=True, refill_prompts=8, learnable_reserve=0.0))  # never short of supply
+    assert "mining/refill/math" not in miner.refill()
+    miner.domain_keep["math"] = 0.3  # of late, 30% of its drawn groups had reward variance
+    assert miner.refill()["mining/refill/math"] == 8 and len(miner.frontier.generated) == 8
+    assert miner.refill()["mining/exhausted/math"] == 0.0
