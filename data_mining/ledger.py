@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 BANDS = ("unseen", "learnable", "too_hard", "solved")
 PARKED = ("too_hard", "solved")
 FILENAME = "ledger.parquet"
@@ -60,14 +62,16 @@ PRIORS_KEY = b"data_mining.priors"
 FORMAT = 2  # 1: decayed recent pass rate per prompt; 2: discounted Beta evidence
 
 
-def useful_probability(a: float, b: float, group: int) -> float:
+def useful_probability(a: Any, b: Any, group: int) -> Any:
     """P(a group of `group` Bernoulli(p) draws is not uniform) for p ~ Beta(a, b):
-    1 - E[p^G] - E[(1-p)^G], with E[p^G] = prod_{i<G} (a + i) / (a + b + i)."""
+    1 - E[p^G] - E[(1-p)^G], with E[p^G] = prod_{i<G} (a + i) / (a + b + i).
+    Floats give a float; arrays of a and b (shape [N]) give an array [N]."""
     all_pass = all_fail = 1.0
     for i in range(group):
         all_pass *= (a + i) / (a + b + i)
         all_fail *= (b + i) / (a + b + i)
-    return max(0.0, 1.0 - all_pass - all_fail)
+    out = 1.0 - all_pass - all_fail
+    return np.maximum(out, 0.0) if isinstance(out, np.ndarray) else max(0.0, out)
 
 
 @dataclass
@@ -166,6 +170,17 @@ class Ledger:
     def useful(self, e: LedgerEntry, group: int, version: int | None = None) -> float:
         """P(a group of `group` completions has reward variance) under the prompt's posterior."""
         return useful_probability(*self.posterior(e, version), group)
+
+    def posteriors(self, entries: list[LedgerEntry], version: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """`posterior` of many prompts at once: a [N], b [N]."""
+        n = len(entries)
+        succ = np.fromiter((e.evidence_successes for e in entries), float, n)
+        fail = np.fromiter((e.evidence_failures for e in entries), float, n)
+        seen = np.fromiter((e.policy_version for e in entries), float, n)
+        m = np.fromiter((self.prior(e.domain, e.difficulty) for e in entries), float, n)
+        f = np.where(seen >= 0, 0.5 ** (np.maximum(0.0, version - seen) / self.half_life), 1.0) \
+            if self.half_life > 0 and version is not None else 1.0
+        return self.prior_strength * m + f * succ, self.prior_strength * (1 - m) + f * fail
 
     # --- recording -----------------------------------------------------------------------------
 

@@ -41,9 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from data_mining.filters import filter_groups
 from data_mining.frontier import Frontier
-from data_mining.ledger import BANDS, PARKED, Ledger
+from data_mining.ledger import BANDS, PARKED, Ledger, useful_probability
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
 from data_mining.sampler import weighted_sample
 from data_mining.tasks import TASK_DOMAINS, TaskGenerator
@@ -154,6 +156,7 @@ class Miner:
         self.warned: set[str] = set()  # domains whose exhaustion was reported
         self.starved = False  # the last step finished short: its prompts' records overstate the supply
         self.domain_keep: dict[str, float] = {}  # running share of drawn groups with reward variance
+        self.last_supply = 0.0  # all domains' `supply` at the last plan_step (sizes the re-estimate)
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
@@ -168,13 +171,13 @@ class Miner:
     def _add_rows(self, rows: list[dict[str, Any]]) -> None:
         """Rows into the pool and the ledger (unseen); a row without `weight` weighs what its
         domain's rows weigh on average."""
+        default = {d: sum(self.base_weight[p] for p in ids) / len(ids) for d, ids in self.by_domain.items()}
         for r in rows:
             if r["id"] in self.rows:
                 continue
             ids = self.by_domain.setdefault(r["domain"], [])
-            default = sum(self.base_weight[p] for p in ids) / len(ids) if ids else 1.0
             self.rows[r["id"]] = r
-            self.base_weight[r["id"]] = float(r.get("weight", default))
+            self.base_weight[r["id"]] = float(r.get("weight", default.get(r["domain"], 1.0)))
             ids.append(r["id"])
             self.ledger.add(r["id"], r["domain"], int(r.get("difficulty", -1)))
 
@@ -187,6 +190,7 @@ class Miner:
         if not self.cfg.enabled:
             return {}
         supply = self.supply()
+        self.last_supply = sum(supply.values())
         metrics: dict[str, float] = {}
         self.frontier.steer(self.ledger, {d: max(self.ledger.entries[p].difficulty for p in ids)
                                           for d, ids in self.by_domain.items()})
@@ -233,19 +237,22 @@ class Miner:
         for d in domains:
             entries = [self.ledger.entries[p] for p in self.by_domain[d]]
             open_share = sum(e.band in ("learnable", "unseen") for e in entries) / len(entries)
-            rates = [r for e in entries if (r := self.ledger.mean(e)) is not None]
+            a, b = self.ledger.posteriors([e for e in entries if e.attempts or e.evidence], None)
+            rates = (a / (a + b)).tolist()
             score[d] = open_share * (1.0 - (sum(rates) / len(rates) if rates else 0.5))
         floor = self.cfg.domain_floor if self.cfg.domain_floor * len(domains) < 1 else 1.0 / len(domains)
         total = sum(score.values())
         return {d: floor + (1 - floor * len(domains)) * (score[d] / total if total > 0 else 1.0 / len(domains))
                 for d in domains}
 
-    def _draw_weight(self, pid: str) -> float:
-        """The prompt's chance of a group with reward variance now (its evidence discounted to the
-        current policy version), times parked_draw_weight for a parked prompt."""
-        e = self.ledger.entries[pid]
-        w = self.base_weight[pid] * self.ledger.useful(e, self.samples_per_prompt, self.version)
-        return w * self.cfg.parked_draw_weight if e.band in PARKED else w
+    def _draw_weights(self, pids: list[str]) -> list[float]:
+        """Each prompt's chance of a group with reward variance now (its evidence discounted to the
+        current policy version), times its base weight, times parked_draw_weight when parked."""
+        entries = [self.ledger.entries[p] for p in pids]
+        useful = useful_probability(*self.ledger.posteriors(entries, self.version), self.samples_per_prompt)
+        factor = [self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
+                  for p, e in zip(pids, entries)]
+        return (useful * np.asarray(factor, dtype=float)).tolist()
 
     def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
         """Scored samples into the ledger; the policy version they reached becomes the current one."""
@@ -256,14 +263,16 @@ class Miner:
         """{domain: expected useful groups in its learnable and unseen bands}: the sum of their
         prompts' chance of a group with reward variance at the current policy version."""
         out: Counter = Counter({d: 0.0 for d in self.by_domain})
-        for e in self.ledger.entries.values():
-            if e.band in ("learnable", "unseen"):
-                out[e.domain] += self.ledger.useful(e, self.samples_per_prompt, self.version)
+        entries = [e for e in self.ledger.entries.values() if e.band in ("learnable", "unseen")]
+        useful = useful_probability(*self.ledger.posteriors(entries, self.version), self.samples_per_prompt)
+        for e, u in zip(entries, useful.tolist()):
+            out[e.domain] += u
         return out
 
     def remine_rows(self) -> list[str]:
-        """This step's re-estimate: the most overdue parked prompts not in flight (see `remine_count`)."""
-        n = remine_count(sum(self.supply().values()), self.cfg.learnable_reserve * self.prompts_per_step,
+        """This step's re-estimate: the most overdue parked prompts not in flight (see `remine_count`;
+        the supply is the one `refill` measured when the step was planned)."""
+        n = remine_count(self.last_supply, self.cfg.learnable_reserve * self.prompts_per_step,
                          self.prompts_per_step * self.samples_per_prompt, self.cfg)
         if n <= 0:
             return []
@@ -274,10 +283,10 @@ class Miner:
         in flight toward their domains. When no prompt has weight, the prompts seen longest ago
         (their evidence is stalest). Prompts in flight are never drawn twice."""
         exclude = exclude | self.in_flight
-        candidates = {
-            d: [(p, w) for p in ids if p not in exclude and (w := self._draw_weight(p)) > 0]
-            for d, ids in self.by_domain.items()
-        }
+        candidates = {}
+        for d, ids in self.by_domain.items():
+            open_ = [p for p in ids if p not in exclude]
+            candidates[d] = [(p, w) for p, w in zip(open_, self._draw_weights(open_)) if w > 0]
         if not any(candidates.values()):
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
@@ -324,7 +333,7 @@ class Miner:
         return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
                 "totals": dict(self.totals), "version": self.version, "frontier": self.frontier.state(),
                 "warned": sorted(self.warned), "starved": self.starved,
-                "domain_keep": dict(self.domain_keep)}
+                "domain_keep": dict(self.domain_keep), "last_supply": self.last_supply}
 
     def load_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -334,7 +343,7 @@ class Miner:
         # Absent in ledgers written before the posterior:
         self.version = state.get("version", 0)
         self.warned, self.starved = set(state.get("warned", ())), state.get("starved", False)
-        self.domain_keep = dict(state.get("domain_keep", {}))
+        self.domain_keep, self.last_supply = dict(state.get("domain_keep", {})), state.get("last_supply", 0.0)
         if "frontier" in state:
             self.frontier.load_state(state["frontier"])
             self._add_rows(self.frontier.generated)

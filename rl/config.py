@@ -484,7 +484,7 @@ class MiningConfig:
                           "prompts at the difficulty where the pass rate is near 0.5 (procedural tasks only)"},
     )
     refill_keep_rate: float = field(
-        default=0.6,
+        default=0.75,
         metadata={"help": "a domain whose drawn groups had reward variance less often than this of late is "
                           "refilled too (its ledger lags a policy that learns its prompts)", "min": 0},
     )
