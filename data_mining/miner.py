@@ -6,13 +6,19 @@ miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it fou
 * offline pass: before RL, k samples per train prompt estimate its pass rate with the starting
   policy; prompts outside the learnable band (too_hard_max, solved_min) are parked;
 * online dynamic sampling (DAPO, Yu et al. 2025, arXiv:2503.14476, made durable by the ledger):
-  each step draws prompts from the `learnable` and `unseen` bands, weighted by 4 p (1 - p) (the
-  chance-scaled reward variance of a pass rate p; unseen prompts count as p = 0.5 at half weight),
-  drops zero-variance groups, and draws again until the batch is full or the draw budget
+  each step draws prompts weighted by their chance of a group with reward variance under the
+  ledger's posterior (`Ledger.useful`: both the estimate and its uncertainty count, so unseen and
+  stale prompts get explored; parked ones count `parked_draw_weight` as much, rarely but never
+  never), drops zero-variance groups, and draws again until the batch is full or the draw budget
   (`overdraw_budget` x prompts_per_step prompts) is spent; then it trains on what it has and
   records the short batch, never aborting;
-* re-mining: every K steps a random sample of `too_hard` and `solved` prompts is re-estimated
-  with the current policy, moving prompts back into the learnable band as the policy changes;
+* re-mining (`remine_count`, `overdue`): each step, parked prompts whose evidence the policy has
+  outgrown (versions since their last evidence, their domain's pass-rate drift) are re-estimated,
+  most overdue first, with a share of the step's rollouts that grows as the learnable pool
+  shrinks; the re-estimate counts toward the step's draw budget, and when it samples
+  samples_per_prompt completions its groups with reward variance join the batch;
+* refill (`Miner.refill`, `data_mining.frontier`): a domain short of useful prompts gets new
+  procedural prompts at the difficulty where its pass rate is near 0.5, or is reported exhausted;
 * domain quotas: each draw is split across domains by share_d = floor + (1 - D floor) s_d / sum s,
   s_d = (learnable + unseen share of domain d) x (1 - mean pass rate of d), i.e. toward domains
   with more prompts left to learn and more headroom, never below the floor (the see-saw problem);
@@ -29,20 +35,24 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from data_mining.filters import filter_groups
-from data_mining.ledger import BANDS, Ledger
+from data_mining.frontier import Frontier
+from data_mining.ledger import BANDS, PARKED, Ledger, useful_probability
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
 from data_mining.sampler import weighted_sample
+from data_mining.tasks import TASK_DOMAINS, TaskGenerator
 from rl.config import Config, MiningConfig
 from rl.types import Sample
 
 GenerateAndScore = Callable[[list[dict[str, Any]], int], list[Sample]]
-UNSEEN_WEIGHT = 0.5  # an unseen prompt's draw weight, against 4 p (1 - p) <= 1 for a learnable one
 OFFLINE_CHUNK = 256  # prompts per generate call in the offline pass
 
 
@@ -83,6 +93,35 @@ def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[st
     return alloc
 
 
+def remine_count(supply: float, reserve: float, step_rollouts: int, cfg: MiningConfig) -> int:
+    """Prompts to re-estimate this step: share x step_rollouts / estimate_samples, where the share
+    grows from remine_min_share (the learnable and unseen bands' supply of useful groups is
+    `reserve` or more) to remine_max_share (it is empty) in proportion to what is missing."""
+    if not cfg.remine_after_versions:
+        return 0
+    missing = max(0.0, 1.0 - supply / reserve) if reserve > 0 else 0.0
+    share = cfg.remine_min_share + (cfg.remine_max_share - cfg.remine_min_share) * missing
+    return round(share * step_rollouts / cfg.estimate_samples)
+
+
+def overdue(ledger: Ledger, pids: list[str], version: int, cfg: MiningConfig) -> list[str]:
+    """The parked prompts among `pids` whose evidence the policy has outgrown, most overdue first:
+    due = versions / remine_after_versions + drift / remine_drift >= 1, with versions the policy
+    versions since the prompt's last evidence and drift how far its domain's pooled pass rate has
+    moved since then. Ties keep the order of `pids`."""
+    if not cfg.remine_after_versions:
+        return []
+    due = []
+    for i, pid in enumerate(pids):
+        e = ledger.entries[pid]
+        if e.band in PARKED:
+            drift = abs(ledger.domain_rate(e.domain) - e.domain_rate)
+            score = (version - e.policy_version) / cfg.remine_after_versions + drift / cfg.remine_drift
+            if score >= 1:
+                due.append((-score, i, pid))
+    return [pid for *_, pid in sorted(due)]
+
+
 class Miner:
     def __init__(
         self,
@@ -93,32 +132,85 @@ class Miner:
         seed: int = 0,
         drop_zero_variance: bool = True,
         sampler: EpochSampler | None = None,
+        generators: dict[str, TaskGenerator] | None = None,
     ) -> None:
         if not rows:
             raise ValueError("the train prompt pool is empty")
         self.cfg = cfg
         self.prompts_per_step, self.samples_per_prompt = prompts_per_step, samples_per_prompt
         self.drop_zero_variance = drop_zero_variance
-        self.rows = {r["id"]: r for r in rows}
-        self.base_weight = {r["id"]: float(r.get("weight", 1.0)) for r in rows}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.base_weight: dict[str, float] = {}
         self.by_domain: dict[str, list[str]] = {}
-        for r in rows:
-            self.by_domain.setdefault(r["domain"], []).append(r["id"])
-        self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.decay)
-        for r in rows:
-            self.ledger.add(r["id"], r["domain"])
+        self.ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.evidence_half_life, cfg.prior_strength,
+                             cfg.park_min_evidence, cfg.decay)
+        self._add_rows(rows)
         weights = [self.base_weight[r["id"]] for r in rows] if any("weight" in r for r in rows) else None
         self.sampler = sampler or EpochSampler(rows, seed=seed, weights=weights)
         self.rng = random.Random(seed)
         self.fixed_weights = {d: float(w) for d, _, w in (t.partition("=") for t in cfg.domain_weights)}
         self.keep_rate = 1.0  # running share of drawn groups that were useful; sizes the next draw
         self.in_flight: set[str] = set()  # prompts drawn whose groups are not scored yet (any step)
+        self.version = 0  # the newest policy version seen in a scored group
+        self.frontier = Frontier(generators or {}, cfg)
+        self.warned: set[str] = set()  # domains whose exhaustion was reported
+        self.starved = False  # the last step finished short: its prompts' records overstate the supply
+        self.domain_keep: dict[str, float] = {}  # running share of drawn groups with reward variance
+        self.last_supply = 0.0  # all domains' `supply` at the last plan_step (sizes the re-estimate)
         self.totals: Counter = Counter()  # run totals: rollouts, useful_groups, short_batches
 
     @classmethod
     def from_config(cls, cfg: Config, rows: list[dict[str, Any]], sampler: EpochSampler | None = None) -> "Miner":
+        """The run's miner; procedural tasks (no data.datasets) get their generators for refills."""
+        generators = {} if cfg.data.datasets or not cfg.mining.refill else {
+            TASK_DOMAINS[t]: TaskGenerator(t, cfg.run.seed, cfg.mining.refill_max_difficulty) for t in cfg.data.tasks}
         return cls(rows, cfg.mining, cfg.train.prompts_per_step, cfg.rollout.samples_per_prompt,
-                   seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler)
+                   seed=cfg.run.seed, drop_zero_variance=cfg.train.drop_zero_variance_groups, sampler=sampler,
+                   generators=generators)
+
+    def _add_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rows into the pool and the ledger (unseen); a row without `weight` weighs what its
+        domain's rows weigh on average."""
+        default = {d: sum(self.base_weight[p] for p in ids) / len(ids) for d, ids in self.by_domain.items()}
+        for r in rows:
+            if r["id"] in self.rows:
+                continue
+            ids = self.by_domain.setdefault(r["domain"], [])
+            self.rows[r["id"]] = r
+            self.base_weight[r["id"]] = float(r.get("weight", default.get(r["domain"], 1.0)))
+            ids.append(r["id"])
+            self.ledger.add(r["id"], r["domain"], int(r.get("difficulty", -1)))
+
+    def refill(self) -> dict[str, float]:
+        """Domains whose supply of useful groups (`supply`) fell below their reserve
+        (learnable_reserve x prompts_per_step x the domain's share) or whose drawn groups had reward
+        variance less often than refill_keep_rate of late, and every domain after a short step, get
+        generated prompts at their frontier (the ledger lags a policy that learns its prompts); a domain below its reserve that nothing can
+        refill is reported exhausted (a metric each step, a warning once)."""
+        if not self.cfg.enabled:
+            return {}
+        supply = self.supply()
+        self.last_supply = sum(supply.values())
+        metrics: dict[str, float] = {}
+        self.frontier.steer(self.ledger, {d: max(self.ledger.entries[p].difficulty for p in ids)
+                                          for d, ids in self.by_domain.items()})
+        for d, share in self.domain_shares().items():
+            reserve = self.cfg.learnable_reserve * self.prompts_per_step * share
+            metrics[f"mining/supply/{d}"] = supply[d]
+            if supply[d] >= reserve and not self.starved and self.domain_keep.get(d, 1.0) >= self.cfg.refill_keep_rate:
+                continue
+            rows = self.frontier.refill(d, set(self.rows)) if self.cfg.refill else []
+            self._add_rows(rows)
+            metrics[f"mining/refill/{d}"] = float(len(rows))
+            metrics[f"mining/exhausted/{d}"] = float(not rows and supply[d] < reserve)
+            if metrics[f"mining/exhausted/{d}"] and d not in self.warned:
+                self.warned.add(d)
+                print(f"warning: mining: domain {d!r} is down to {supply[d]:.1f} expected useful groups in its "
+                      f"learnable and unseen prompts (reserve {reserve:.0f}) and nothing can generate more; its share falls toward mining.domain_floor "
+                      "and its parked prompts come back only through re-mining", file=sys.stderr, flush=True)
+        metrics.update({f"mining/frontier/{d}": x for d, x in self.frontier.knobs.items()})
+        self.starved = False
+        return metrics
 
     # --- offline pass -------------------------------------------------------------------------
 
@@ -128,7 +220,7 @@ class Miner:
         spent = 0
         for i in range(0, len(ids), OFFLINE_CHUNK):
             samples = generate_and_score([self.rows[p] for p in ids[i:i + OFFLINE_CHUNK]], self.cfg.estimate_samples)
-            self.ledger.record_samples(samples, step)
+            self.record(samples, step)
             spent += len(samples)
         self.totals["rollouts"] += spent
         return {"mining/offline_rollouts": float(spent), **self.band_metrics()}
@@ -145,31 +237,56 @@ class Miner:
         for d in domains:
             entries = [self.ledger.entries[p] for p in self.by_domain[d]]
             open_share = sum(e.band in ("learnable", "unseen") for e in entries) / len(entries)
-            rates = [e.pass_rate for e in entries if e.pass_rate is not None]
+            a, b = self.ledger.posteriors([e for e in entries if e.attempts or e.evidence], None)
+            rates = (a / (a + b)).tolist()
             score[d] = open_share * (1.0 - (sum(rates) / len(rates) if rates else 0.5))
         floor = self.cfg.domain_floor if self.cfg.domain_floor * len(domains) < 1 else 1.0 / len(domains)
         total = sum(score.values())
         return {d: floor + (1 - floor * len(domains)) * (score[d] / total if total > 0 else 1.0 / len(domains))
                 for d in domains}
 
-    def _draw_weight(self, pid: str) -> float:
-        e = self.ledger.entries[pid]
-        if e.band == "unseen":
-            return self.base_weight[pid] * UNSEEN_WEIGHT
-        if e.band == "learnable":
-            p = e.pass_rate
-            return self.base_weight[pid] * 4 * p * (1 - p)
-        return 0.0
+    def _draw_weights(self, pids: list[str]) -> list[float]:
+        """Each prompt's chance of a group with reward variance now (its evidence discounted to the
+        current policy version), times its base weight, times parked_draw_weight when parked."""
+        entries = [self.ledger.entries[p] for p in pids]
+        useful = useful_probability(*self.ledger.posteriors(entries, self.version), self.samples_per_prompt)
+        factor = [self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
+                  for p, e in zip(pids, entries)]
+        return (useful * np.asarray(factor, dtype=float)).tolist()
+
+    def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
+        """Scored samples into the ledger; the policy version they reached becomes the current one."""
+        self.version = max([self.version, *(s.policy_version for s in samples)])
+        return self.ledger.record_samples(samples, step)
+
+    def supply(self) -> Counter:
+        """{domain: expected useful groups in its learnable and unseen bands}: the sum of their
+        prompts' chance of a group with reward variance at the current policy version."""
+        out: Counter = Counter({d: 0.0 for d in self.by_domain})
+        entries = [e for e in self.ledger.entries.values() if e.band in ("learnable", "unseen")]
+        useful = useful_probability(*self.ledger.posteriors(entries, self.version), self.samples_per_prompt)
+        for e, u in zip(entries, useful.tolist()):
+            out[e.domain] += u
+        return out
+
+    def remine_rows(self) -> list[str]:
+        """This step's re-estimate: the most overdue parked prompts not in flight (see `remine_count`;
+        the supply is the one `refill` measured when the step was planned)."""
+        n = remine_count(self.last_supply, self.cfg.learnable_reserve * self.prompts_per_step,
+                         self.prompts_per_step * self.samples_per_prompt, self.cfg)
+        if n <= 0:
+            return []
+        return overdue(self.ledger, [p for p in self.rows if p not in self.in_flight], self.version, self.cfg)[:n]
 
     def draw(self, n: int, exclude: set[str]) -> list[dict[str, Any]]:
-        """Up to n prompts from the learnable and unseen bands, split by the domain shares, counting
-        the prompts in flight toward their domains. When those bands are empty, the parked prompts
-        seen longest ago (their evidence is stalest). Prompts in flight are never drawn twice."""
+        """Up to n prompts drawn by `_draw_weight`, split by the domain shares, counting the prompts
+        in flight toward their domains. When no prompt has weight, the prompts seen longest ago
+        (their evidence is stalest). Prompts in flight are never drawn twice."""
         exclude = exclude | self.in_flight
-        candidates = {
-            d: [(p, w) for p in ids if p not in exclude and (w := self._draw_weight(p)) > 0]
-            for d, ids in self.by_domain.items()
-        }
+        candidates = {}
+        for d, ids in self.by_domain.items():
+            open_ = [p for p in ids if p not in exclude]
+            candidates[d] = [(p, w) for p, w in zip(open_, self._draw_weights(open_)) if w > 0]
         if not any(candidates.values()):
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
@@ -191,7 +308,9 @@ class Miner:
 
     def plan_step(self, step: int) -> "StepFill":
         """The draws of RL step `step`, one at a time: the driver generates and scores each (see `StepFill`)."""
-        return StepFill(self, step)
+        fill = StepFill(self, step)
+        fill.metrics.update(self.refill())
+        return fill
 
     def next_batch(self, step: int, generate_and_score: GenerateAndScore) -> StepBatch:
         """Draw, generate, score and filter until prompts_per_step useful groups (or the budget)."""
@@ -208,13 +327,22 @@ class Miner:
 
     def state(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "sampler": self.sampler.state(), "keep_rate": self.keep_rate,
-                "totals": dict(self.totals)}
+                "totals": dict(self.totals), "version": self.version, "frontier": self.frontier.state(),
+                "warned": sorted(self.warned), "starved": self.starved,
+                "domain_keep": dict(self.domain_keep), "last_supply": self.last_supply}
 
     def load_state(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
         self.sampler.load_state(state["sampler"])
         self.keep_rate = state["keep_rate"]
         self.totals = Counter(state["totals"])
+        # Absent in ledgers written before the posterior:
+        self.version = state.get("version", 0)
+        self.warned, self.starved = set(state.get("warned", ())), state.get("starved", False)
+        self.domain_keep, self.last_supply = dict(state.get("domain_keep", {})), state.get("last_supply", 0.0)
+        if "frontier" in state:
+            self.frontier.load_state(state["frontier"])
+            self._add_rows(self.frontier.generated)
 
     def save(self, path: str | Path) -> Path:
         """Ledger and sampler state into `path` (a directory gets `ledger.parquet`)."""
@@ -227,6 +355,8 @@ class Miner:
             raise ValueError(f"{str(path)!r} holds a ledger without sampler state")
         for pid, entry in self.ledger.entries.items():
             ledger.entries.setdefault(pid, entry)
+        for key, value in self.ledger.config().items():  # this run's mining config, not the saved one
+            setattr(ledger, key, value)
         self.ledger = ledger
         self.load_state(state)
 
@@ -239,10 +369,11 @@ class StepFill:
             fill.add(draw, generate_and_score(draw.rows, draw.n))
         batch = fill.finish()
 
-    When re-mining is due, the first draw re-estimates parked prompts (`Draw.remine`). Then each draw
-    asks for the prompts still missing, scaled up by the recent keep rate, from the learnable and
-    unseen bands (mining on) or the next shuffled prompts (mining off, one draw); `add` records every
-    group in the ledger and keeps the groups with reward variance. The draws stop at
+    When parked prompts are overdue, the first draw re-estimates them (`Draw.remine`; its groups
+    with reward variance train too when it samples samples_per_prompt). Then each draw asks for the
+    prompts still missing, scaled up by the recent keep rate, by usefulness weight (mining on) or
+    the next shuffled prompts (mining off, one draw); `add` records every group in the ledger and
+    keeps the groups with reward variance. The draws stop at
     `prompts_per_step` useful groups or at the draw budget, and `finish` returns what there is.
 
     Asynchronous training asks for draws while earlier ones are still being generated and hands
@@ -260,13 +391,11 @@ class StepFill:
         self.train: list[Sample] = []
         self.reasons: Counter = Counter()
         self.drawn: set[str] = set()
+        self.remined: set[str] = set()
         self.useful = self.rounds = 0
         self.pending = 0  # rows of training draws not scored yet
         self.remine_pending = 0  # rows of the re-estimate not scored yet
-        self.remine_due = cfg.enabled and bool(cfg.remine_every)
-        if self.remine_due:
-            self.metrics["mining/remine_moves"] = 0.0
-            self.remine_due = step > 0 and step % cfg.remine_every == 0
+        self.remine_due = cfg.enabled and bool(cfg.remine_after_versions)  # planned at the first draw
         self.done = False
 
     def next_draw(self) -> Draw | None:
@@ -274,15 +403,8 @@ class StepFill:
         miner, cfg = self.miner, self.miner.cfg
         if self.remine_due:
             self.remine_due = False
-            parked = [p for p in miner.rows
-                      if miner.ledger.entries[p].band in ("too_hard", "solved") and p not in miner.in_flight]
-            chosen = miner.rng.sample(parked, min(cfg.remine_prompts, len(parked)))
-            self.metrics["mining/remined_prompts"] = float(len(chosen))
-            self.metrics["mining/remine_moves"] = 0.0
-            if chosen:
-                miner.in_flight.update(chosen)
-                self.remine_pending = len(chosen)
-                return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
+            if draw := self._remine():
+                return draw
         if self._exhausted():
             return None
         need = self.target - self.useful - math.ceil(self.pending * max(miner.keep_rate, 0.25))
@@ -290,7 +412,7 @@ class StepFill:
             return None
         if cfg.enabled:
             rows = miner.draw(min(math.ceil(need / max(miner.keep_rate, 0.25)), self.budget - len(self.drawn)),
-                              self.drawn)
+                              self.drawn | self.remined)
         else:
             rows = miner.sampler.next(need)
         if not rows:
@@ -300,6 +422,22 @@ class StepFill:
         miner.in_flight.update(r["id"] for r in rows)
         self.pending += len(rows)
         return Draw(rows, miner.samples_per_prompt)
+
+    def _remine(self) -> Draw | None:
+        """The re-estimate of overdue parked prompts; its rollouts come out of the step's draw budget
+        (in groups of samples_per_prompt), never below prompts_per_step."""
+        miner, cfg = self.miner, self.miner.cfg
+        chosen = miner.remine_rows()
+        self.metrics.update({"mining/remined_prompts": float(len(chosen)), "mining/remine_moves": 0.0,
+                             "mining/remine_rollouts": 0.0, "mining/remine_useful_groups": 0.0})
+        if not chosen:
+            return None
+        cost = math.ceil(len(chosen) * cfg.estimate_samples / miner.samples_per_prompt)
+        self.budget = max(self.target, self.budget - cost)
+        miner.in_flight.update(chosen)
+        self.remined = set(chosen)  # not drawn again this step: one group per prompt in the batch
+        self.remine_pending = len(chosen)
+        return Draw([miner.rows[p] for p in chosen], cfg.estimate_samples, remine=True)
 
     def _exhausted(self) -> bool:
         return self.done or self.useful >= self.target or len(self.drawn) >= self.budget
@@ -318,18 +456,24 @@ class StepFill:
         if draw.remine:
             self.remine_pending -= groups
             miner.totals["rollouts"] += len(samples)
-            self.metrics["mining/remine_rollouts"] = self.metrics.get("mining/remine_rollouts", 0.0) + len(samples)
-            for _, old, new in miner.ledger.record_samples(samples, self.step):
+            self.metrics["mining/remine_rollouts"] += len(samples)
+            for _, old, new in miner.record(samples, self.step):
                 if old != new:
                     self.metrics["mining/remine_moves"] += 1
                     key = f"mining/moves/{old}_to_{new}"
                     self.metrics[key] = self.metrics.get(key, 0.0) + 1
+            if draw.n == miner.samples_per_prompt:  # a group like any other: with reward variance it trains
+                kept, _ = filter_groups(samples)
+                found = _useful(samples)
+                self.useful += found
+                self.metrics["mining/remine_useful_groups"] += found
+                self.train += kept
             return
         self.pending -= groups
         complete = draw.scored >= len(draw.rows)
         self.rounds += complete
         self.generated += samples
-        miner.ledger.record_samples(samples, self.step)
+        miner.record(samples, self.step)
         kept, stats = filter_groups(samples)
         self.reasons.update({k: v for k, v in stats.items() if k.startswith("filter/groups/")})
         found = _useful(samples)
@@ -350,6 +494,19 @@ class StepFill:
         self.miner = miner
         return self
 
+    def _update_domain_keep(self) -> None:
+        """Each drawn domain's running share of groups with reward variance (a refill trigger)."""
+        groups: dict[str, set] = {}
+        for s in self.generated:
+            groups.setdefault(s.prompt_id, set()).add(s.reward)
+        drawn, useful = Counter(), Counter()
+        for pid, rewards in groups.items():
+            domain = self.miner.rows[pid]["domain"]
+            drawn[domain] += 1
+            useful[domain] += len(rewards) > 1
+        for d, n in drawn.items():
+            self.miner.domain_keep[d] = 0.7 * self.miner.domain_keep.get(d, 1.0) + 0.3 * useful[d] / n
+
     def finish(self) -> StepBatch:
         """The step's batch and its mining metrics; the run totals updated."""
         miner, cfg, useful = self.miner, self.miner.cfg, self.useful
@@ -359,6 +516,8 @@ class StepFill:
         miner.totals["useful_groups"] += useful
         short = cfg.enabled and useful < self.target
         miner.totals["short_batches"] += short
+        miner.starved = miner.starved or short
+        self._update_domain_keep()
         # This step's rollouts: its groups and its re-estimates (other steps' fills may be open too).
         spent = len(self.generated) + int(self.metrics.get("mining/remine_rollouts", 0))
         metrics = self.metrics

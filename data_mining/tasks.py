@@ -70,23 +70,23 @@ def iter_arithmetic(
     # A bounded number of consecutive duplicates means the space is exhausted.
     misses = 0
     while misses < 10_000:
-        digits = rng.randint(min_digits, max_digits)
-        a, b = _operand(rng, digits), _operand(rng, rng.randint(min_digits, digits))
-        op = rng.choice(OPERATORS)
-        prompt = arithmetic_prompt(a, op, b)
+        row = arithmetic_row(rng, rng.randint(min_digits, max_digits), min_digits)
         if distinct:
-            if prompt in seen:
+            if row.prompt in seen:
                 misses += 1
                 continue
             misses = 0
-            seen.add(prompt)
-        yield TaskRow(
-            id=f"arith:{a}{op}{b}",
-            domain="math",
-            prompt=prompt,
-            reference={"answer": str(arithmetic_answer(a, op, b))},
-            difficulty=digits,
-        )
+            seen.add(row.prompt)
+        yield row
+
+
+def arithmetic_row(rng: random.Random, digits: int, min_digits: int = 1) -> TaskRow:
+    """One arithmetic prompt whose first operand has `digits` digits (its difficulty), the second
+    between min_digits and as many."""
+    a, b = _operand(rng, digits), _operand(rng, rng.randint(min_digits, digits))
+    op = rng.choice(OPERATORS)
+    return TaskRow(id=f"arith:{a}{op}{b}", domain="math", prompt=arithmetic_prompt(a, op, b),
+                   reference={"answer": str(arithmetic_answer(a, op, b))}, difficulty=digits)
 
 
 def split_stream(
@@ -470,6 +470,60 @@ def iter_task(task: str, seed: int, min_digits: int = 1, max_digits: int = 3, di
     if task == "instruction":
         return iter_instruction_tasks(seed, distinct=distinct)
     raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+
+
+TASK_DOMAINS = {"arithmetic": "math", "code": "code", "instruction": "instruction"}
+TASK_LEVELS = {"arithmetic": None, "code": 3, "instruction": 3}  # hardest level (None: unbounded)
+
+
+def _level_row(task: str, rng: random.Random, level: int) -> TaskRow:
+    """One row of `task` at difficulty `level`."""
+    if task == "arithmetic":
+        return arithmetic_row(rng, level)
+    families = CODE_FAMILIES if task == "code" else INSTRUCTION_FAMILIES
+    family = rng.choice([f for f in families if f[1] == level])
+    if task == "code":
+        return code_task(family[0], tuple(rng.choice(r) for r in family[2]))
+    return instruction_task(family[0], rng.choice(_INSTR_WORDS), rng.choice(family[2]))
+
+
+class TaskGenerator:
+    """New prompts of one procedural family at a chosen difficulty level (the knob: arithmetic's
+    operand digits; code's and instruction's family levels 1-3). Never a prompt in `seen`, never a
+    held-out one (the split of `make_task_split`); deterministic for a seed, its RNG state saved
+    with the miner so a resumed run generates the same prompts."""
+
+    def __init__(self, task: str, seed: int, max_level: int, heldout_fraction: float = 0.1) -> None:
+        if task not in TASK_DOMAINS:
+            raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+        self.task, self.domain, self.heldout_fraction = task, TASK_DOMAINS[task], heldout_fraction
+        self.max_level = min(max_level, TASK_LEVELS[task] or max_level)
+        self.rng = random.Random(f"{task}:{seed}")
+
+    def make(self, level: int, n: int, seen: set[str], max_misses: int = 2_000) -> list[TaskRow]:
+        """Up to n new rows at `level` (clamped to 1..max_level); fewer once `max_misses` draws in a
+        row bring nothing new (the level is exhausted)."""
+        level = min(max(1, level), self.max_level)
+        rows: list[TaskRow] = []
+        ids = set(seen)
+        misses = 0
+        while len(rows) < n and misses < max_misses:
+            row = _level_row(self.task, self.rng, level)
+            if row.id in ids or is_heldout(row.id, self.heldout_fraction):
+                misses += 1
+                continue
+            misses = 0
+            ids.add(row.id)
+            rows.append(row)
+        return rows
+
+    def state(self) -> list:
+        version, internal, gauss = self.rng.getstate()
+        return [version, list(internal), gauss]
+
+    def load_state(self, state: list) -> None:
+        version, internal, gauss = state
+        self.rng.setstate((version, tuple(internal), gauss))
 
 
 def quotas(total: int, weights: list[float]) -> list[int]:

@@ -488,14 +488,34 @@ class MiningConfig:
         metadata={"help": "iterative hard-example mining; false = shuffled epochs with zero-variance groups dropped"},
     )
     too_hard_max: float = field(
-        default=0.1, metadata={"help": "a prompt whose recent pass rate is <= this is too_hard", "min": 0}
+        default=0.1, metadata={"help": "a prompt whose posterior mean pass rate is <= this is too_hard", "min": 0}
     )
     solved_min: float = field(
-        default=0.9, metadata={"help": "a prompt whose recent pass rate is >= this is solved", "min": 0}
+        default=0.9, metadata={"help": "a prompt whose posterior mean pass rate is >= this is solved", "min": 0}
     )
     decay: float = field(
         default=0.5,
-        metadata={"help": "share of a prompt's old evidence kept at each new observation (0 = latest only)", "min": 0},
+        metadata={"help": "share of a prompt's earlier evidence kept at each new group of it, on top of the version "
+                          "discount (the policy moves most on the prompts it trains on); 1 = versions only", "min": 0},
+    )
+    evidence_half_life: float = field(
+        default=50.0,
+        metadata={"help": "policy versions after which a scored group weighs half in its prompt's pass-rate "
+                          "posterior (0 = evidence never fades)", "min": 0},
+    )
+    prior_strength: float = field(
+        default=2.0,
+        metadata={"help": "pseudo-attempts of a prompt's Beta prior, centred on its domain's (difficulty "
+                          "level's) pooled pass rate", "min": 0.01},
+    )
+    park_min_evidence: float = field(
+        default=10.0,
+        metadata={"help": "discounted attempts a prompt needs before it is parked as too_hard or solved", "min": 0},
+    )
+    parked_draw_weight: float = field(
+        default=0.05,
+        metadata={"help": "factor on a parked prompt's draw weight (its chance of a group with reward variance): "
+                          "parked prompts are drawn rarely, never never", "min": 0},
     )
     offline_pass: bool = field(
         default=False,
@@ -504,12 +524,51 @@ class MiningConfig:
     estimate_samples: int = field(
         default=8, metadata={"help": "samples per prompt in the offline pass and in re-mining", "min": 1}
     )
-    remine_every: int = field(
-        default=20,
-        metadata={"help": "every N steps re-estimate a sample of too_hard and solved prompts; 0 = never", "min": 0},
+    remine_after_versions: int = field(
+        default=50,
+        metadata={"help": "a parked prompt is due for re-estimation once this many policy versions passed since "
+                          "its last evidence (sooner as its domain's pass rate moves); 0 = no re-mining", "min": 0},
     )
-    remine_prompts: int = field(
-        default=64, metadata={"help": "prompts re-estimated per re-mining", "min": 1}
+    remine_drift: float = field(
+        default=0.15,
+        metadata={"help": "a parked prompt is also due once its domain's pooled pass rate moved this much since "
+                          "its last evidence", "min": 0.001},
+    )
+    remine_min_share: float = field(
+        default=0.05,
+        metadata={"help": "share of a step's rollouts (prompts_per_step x samples_per_prompt) spent re-estimating "
+                          "due parked prompts while the learnable pool is full", "min": 0},
+    )
+    remine_max_share: float = field(
+        default=0.25,
+        metadata={"help": "the same share once the learnable pool is empty (in between: in proportion to what "
+                          "is missing from mining.learnable_reserve)", "min": 0},
+    )
+    learnable_reserve: float = field(
+        default=4.0,
+        metadata={"help": "steps' worth of prompts (x train.prompts_per_step) the learnable and unseen bands "
+                          "should hold; below it re-mining grows and procedural tasks are generated", "min": 0},
+    )
+    refill: bool = field(
+        default=True,
+        metadata={"help": "when a domain's learnable pool runs low, its procedural task family generates new "
+                          "prompts at the difficulty where the pass rate is near 0.5 (procedural tasks only)"},
+    )
+    refill_keep_rate: float = field(
+        default=0.75,
+        metadata={"help": "a domain whose drawn groups had reward variance less often than this of late is "
+                          "refilled too (its ledger lags a policy that learns its prompts)", "min": 0},
+    )
+    refill_prompts: int = field(
+        default=64, metadata={"help": "prompts generated per refill of a domain", "min": 1}
+    )
+    refill_max_difficulty: int = field(
+        default=4,
+        metadata={"help": "hardest difficulty level a generator may reach (arithmetic: operand digits; code and "
+                          "instruction have levels 1-3)", "min": 1},
+    )
+    refill_max_prompts: int = field(
+        default=20000, metadata={"help": "most prompts generated in a whole run", "min": 0}
     )
     overdraw_budget: float = field(
         default=4.0,
@@ -534,9 +593,13 @@ class MiningConfig:
                 f"config key 'mining.solved_min' must be in (mining.too_hard_max, 1] = ({self.too_hard_max}, 1], "
                 f"got {self.solved_min}"
             )
-        for key in ("decay", "domain_floor"):
+        for key in ("decay", "domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share",
+                    "refill_keep_rate"):
             if getattr(self, key) > 1:
                 raise ConfigError(f"config key 'mining.{key}' must be <= 1, got {getattr(self, key)}")
+        if self.remine_min_share > self.remine_max_share:
+            raise ConfigError(f"config key 'mining.remine_max_share' must be >= mining.remine_min_share "
+                              f"({self.remine_min_share}), got {self.remine_max_share}")
         for i, text in enumerate(self.domain_weights):
             domain, sep, weight = text.partition("=")
             if not sep or not domain.strip() or not _FLOAT_TEXT.fullmatch(weight.strip()) or float(weight) < 0:

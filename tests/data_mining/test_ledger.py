@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_mining.ledger import Ledger, export
+from data_mining.ledger import Ledger, export, useful_probability
 from data_mining.miner import Miner
 from data_mining.sampler import EpochSampler
 from rl.config import MiningConfig
@@ -21,35 +24,88 @@ from tests.data_mining.scripted import GROUP, PER_STEP, ScriptedPolicy, pool, ru
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_decayed_pass_rate_and_bands():
-    ledger = Ledger(too_hard_max=0.1, solved_min=0.9, decay=0.5)
+def test_posterior_update_discount_and_bands():
+    ledger = Ledger(too_hard_max=0.1, solved_min=0.9, half_life=10, prior_strength=2, min_evidence=12)
     ledger.add("a", "math")
-    assert ledger.entries["a"].band == "unseen" and ledger.entries["a"].pass_rate is None
-    assert ledger.record("a", "math", 8, 0, step=0, version=0) == ("unseen", "too_hard")
-    # recent = 0.5 * (0 of 8) + (8 of 8): 8 / 12
-    assert ledger.record("a", "math", 8, 8, step=3, version=2) == ("too_hard", "learnable")
+    assert ledger.entries["a"].band == "unseen" and ledger.mean(ledger.entries["a"]) is None
+    assert ledger.posterior(ledger.entries["a"]) == (1.0, 1.0)  # a domain never seen: Beta(1, 1)
+    # One uniform group of 8 is not enough evidence to park a prompt.
+    assert ledger.record("a", "math", 8, 0, step=0, version=0) == ("unseen", "learnable")
     e = ledger.entries["a"]
-    assert (e.attempts, e.successes, e.recent_attempts, e.recent_successes) == (16, 8, 12.0, 8.0)
-    assert e.pass_rate == pytest.approx(8 / 12) and (e.last_step, e.policy_version) == (3, 2)
-    ledger.record("a", "math", 8, 8, step=4, version=3)  # (4 + 8) / (6 + 8) = 6/7 < 0.9
-    assert ledger.entries["a"].band == "learnable"
-    ledger.record("a", "math", 8, 8, step=5, version=4)  # (6 + 8) / (7 + 8) = 14/15 >= 0.9
-    assert ledger.entries["a"].band == "solved"
+    m = ledger.prior("math")
+    assert m == pytest.approx(1 / 10)  # the domain's pool: 0 of 8, Laplace-smoothed
+    assert ledger.posterior(e) == pytest.approx((2 * m, 2 * (1 - m) + 8))
+    # Ten versions later the first group weighs half: 4 + 8 = 12 failures of evidence, enough to park.
+    assert ledger.record("a", "math", 8, 0, step=5, version=10) == ("learnable", "too_hard")
+    assert (e.attempts, e.successes, e.evidence_successes, e.evidence_failures) == (16, 0, 0.0, 12.0)
+    assert (e.last_step, e.policy_version) == (5, 10)
+    # Read at a later version the evidence fades: the posterior widens toward the prior.
+    assert ledger.posterior(e, version=20)[1] == pytest.approx(2 * (1 - ledger.prior("math")) + 6.0)
+    # A group with variance brings it back at once (no evidence needed to un-park).
+    assert ledger.record("a", "math", 8, 4, step=6, version=10)[1] == "learnable"
+    # Thirty versions on, the old failures weigh 1/8: passes now park it as solved.
+    for step in range(7, 12):
+        ledger.record("a", "math", 8, 8, step=step, version=40)
+    assert ledger.entries["a"].band == "solved" and ledger.entries["a"].evidence_failures < 4
     assert ledger.band_counts()[("solved", "math")] == 1 and ledger.band_counts()[("unseen", "math")] == 0
 
 
+def test_prior_comes_from_the_domain_and_its_difficulty_level():
+    ledger = Ledger(min_evidence=8)
+    for i in range(4):
+        ledger.add(f"easy{i}", "math", 1)
+        ledger.add(f"hard{i}", "math", 3)
+        ledger.record(f"easy{i}", "math", 8, 7, 0, 0)
+        ledger.record(f"hard{i}", "math", 8, 1, 0, 0)
+    ledger.add("new_easy", "math", 1)
+    ledger.add("new_mid", "math", 2)  # a level without evidence: the domain's rate
+    ledger.add("code", "code")
+    assert ledger.prior("math", 1) == pytest.approx(29 / 34) and ledger.prior("math", 3) == pytest.approx(5 / 34)
+    assert ledger.prior("math", 2) == pytest.approx(33 / 66) and ledger.prior("code") == 0.5
+    a, b = ledger.posterior(ledger.entries["new_easy"])
+    assert a / (a + b) == pytest.approx(29 / 34) and a + b == pytest.approx(2.0)
+
+
+def beta_binomial_uniform(a: float, b: float, g: int) -> float:
+    """P(all pass) + P(all fail) by the Beta-Binomial pmf: C(g, k) B(k + a, g - k + b) / B(a, b) at k = 0, g."""
+    log_beta = lambda x, y: math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)  # noqa: E731
+    return sum(math.exp(log_beta(k + a, g - k + b) - log_beta(a, b)) for k in (0, g))
+
+
+@pytest.mark.parametrize("a,b,g", [(1.0, 1.0, 8), (0.3, 5.0, 8), (12.0, 2.5, 4), (2.0, 2.0, 1), (50.0, 49.0, 16)])
+def test_useful_probability_closed_form(a, b, g):
+    p = useful_probability(a, b, g)
+    assert p == pytest.approx(1 - beta_binomial_uniform(a, b, g), rel=1e-9)
+    rng = np.random.default_rng(0)
+    rates = rng.beta(a, b, 200_000)
+    passes = rng.binomial(g, rates)
+    monte_carlo = np.mean((passes > 0) & (passes < g))
+    assert p == pytest.approx(monte_carlo, abs=4e-3)
+    if g == 1:
+        assert p == 0.0  # a group of one never has variance
+    assert useful_probability(1.0, 1.0, 8) == pytest.approx(1 - 2 / 9)  # E[p^G] = 1 / (G + 1) for Beta(1, 1)
+
+
+def test_usefulness_favours_the_middle_and_uncertainty_but_never_zero():
+    weight = lambda a, b: useful_probability(a, b, 8)  # noqa: E731
+    assert weight(16, 16) > weight(4, 28) > weight(1, 40) > 0
+    assert weight(1, 40) > weight(0.1, 400) > 0
+    assert weight(2, 2) < weight(16, 16)  # both centred; the sure one is likelier to split a group
+    assert weight(1, 1) > 4 * weight(1, 40)  # never tried: explored before a prompt surely near 0
+
+
 def test_save_load_is_exact_and_readable_as_parquet(tmp_path):
-    ledger = Ledger(decay=0.3)
+    ledger = Ledger(half_life=7.0)
     rng = random.Random(0)
     for i in range(50):
         for step in range(rng.randint(0, 4)):
             ledger.record(f"p{i}", "math" if i % 2 else "code", 7, rng.randint(0, 7), step, step)
-        ledger.add(f"p{i}", "math" if i % 2 else "code")
+        ledger.add(f"p{i}", "math" if i % 2 else "code", i % 3)
     path = ledger.save(tmp_path, state={"x": [1.1, 2]})
     assert path == tmp_path / "ledger.parquet"
     loaded, state = Ledger.load(tmp_path)
     assert loaded.entries == ledger.entries and list(loaded.entries) == list(ledger.entries)
-    assert (loaded.too_hard_max, loaded.solved_min, loaded.decay) == (0.1, 0.9, 0.3)
+    assert loaded.config() == ledger.config() and loaded.pools == ledger.pools
     assert state == {"x": [1.1, 2]}
     table = pq.read_table(path)  # what rl.report reads: prompt_id, domain, band, pass_rate
     assert {"prompt_id", "domain", "band", "pass_rate"} <= set(table.column_names)
@@ -57,9 +113,9 @@ def test_save_load_is_exact_and_readable_as_parquet(tmp_path):
 
 def test_resume_restores_ledger_and_sampler_bit_for_bit(tmp_path):
     rows, truth = pool(20)
-    cfg = MiningConfig(enabled=True, remine_every=3, remine_prompts=5)
+    cfg = MiningConfig(enabled=True, remine_after_versions=3)
     miner = Miner(rows, cfg, PER_STEP, GROUP, seed=4)
-    run(miner, ScriptedPolicy(truth, 4), 7)
+    run(miner, ScriptedPolicy(truth, 4), 7, moving=True)
     miner.save(tmp_path / "checkpoint-7")
 
     resumed = Miner(rows, cfg, PER_STEP, GROUP, seed=99)  # a different seed: everything comes from the file
@@ -68,10 +124,40 @@ def test_resume_restores_ledger_and_sampler_bit_for_bit(tmp_path):
     assert resumed.state() == miner.state()
     assert resumed.rng.getstate() == miner.rng.getstate()
     # Both continue identically: same draws, same ledger.
-    a = run(miner, ScriptedPolicy(truth, 5), 5, start=7)
-    b = run(resumed, ScriptedPolicy(truth, 5), 5, start=7)
+    a = run(miner, ScriptedPolicy(truth, 5), 5, start=7, moving=True)
+    b = run(resumed, ScriptedPolicy(truth, 5), 5, start=7, moving=True)
     assert [[s.prompt_id for s in x] for x in a] == [[s.prompt_id for s in x] for x in b]
     assert resumed.ledger.entries == miner.ledger.entries
+
+
+def test_a_ledger_written_before_the_posterior_loads(tmp_path):
+    """Format 1 (a decayed recent pass rate per prompt, `mining.decay`): the recent counts become the
+    evidence, the bands stay, and a miner resumes from it and draws."""
+    rows, truth = pool(4)
+    old = [{"prompt_id": r["id"], "domain": "math", "attempts": 16, "successes": int(16 * truth[r["id"]]),
+            "recent_attempts": 12.0, "recent_successes": 12.0 * truth[r["id"]], "last_step": 3, "policy_version": 3,
+            "band": {1.0: "solved", 0.0: "too_hard"}.get(truth[r["id"]], "learnable"), "pass_rate": truth[r["id"]]}
+           for r in rows]
+    state = {"rng": [3, list(random.Random(1).getstate()[1]), None], "sampler": {"order": [], "epoch": 0,
+             "rng": [3, list(random.Random(2).getstate()[1]), None]}, "keep_rate": 0.6, "totals": {"rollouts": 96}}
+    meta = {b"data_mining.config": json.dumps({"too_hard_max": 0.1, "solved_min": 0.9, "decay": 0.5}).encode(),
+            b"data_mining.state": json.dumps(state).encode()}
+    table = pa.Table.from_pylist(old)
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "ledger.parquet")
+
+    ledger, loaded_state = Ledger.load(tmp_path)
+    e = ledger.entries["learnable:0"]
+    assert (e.attempts, e.evidence_successes, e.evidence_failures, e.band) == (16, 6.0, 6.0, "learnable")
+    assert ledger.entries["solved:1"].band == "solved" and ledger.entries["impossible:2"].band == "too_hard"
+    assert ledger.prior("math") == pytest.approx((4 * 12 + 4 * 6 + 1) / (12 * 12 + 2))
+    assert ledger.mean(ledger.entries["impossible:0"]) < 0.1 < 0.9 < ledger.mean(ledger.entries["solved:0"])
+    assert loaded_state == state
+    miner = Miner(rows, MiningConfig(enabled=True), PER_STEP, GROUP)
+    miner.load(tmp_path)
+    assert miner.keep_rate == 0.6 and miner.totals["rollouts"] == 96 and miner.version == 0
+    assert miner.next_batch(4, ScriptedPolicy(truth)).generated
+    miner.save(tmp_path / "again")
+    assert Ledger.load(tmp_path / "again")[0].entries["learnable:0"].evidence_failures >= 6.0
 
 
 def test_epoch_sampler_state_round_trip_through_json():
@@ -115,7 +201,7 @@ def test_export_formats(tmp_path, suffix):
 
 def test_export_cli(tmp_path):
     ledger = Ledger()
-    ledger.record("a", "math", 4, 4, 1, 1)
+    ledger.record("a", "math", 16, 16, 1, 1)
     ledger.save(tmp_path)
     done = subprocess.run([sys.executable, "-m", "data_mining.ledger", "export", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True)

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from data_mining.ledger import export
-from data_mining.miner import Miner, apportion
+from data_mining.ledger import Ledger, export
+from data_mining.miner import Miner, apportion, overdue, remine_count
 from rl.config import MiningConfig
 from rl.types import Sample
 from tests.data_mining.scripted import GROUP, PER_STEP, ScriptedPolicy, pool, run
@@ -21,7 +21,7 @@ def variance_share(batches: list[list[Sample]]) -> float:
 
 def test_mining_trains_on_learnable_groups_and_bands_the_thirds(tmp_path):
     rows, truth = pool()
-    on = Miner(rows, MiningConfig(enabled=True, remine_every=10, remine_prompts=8), PER_STEP, GROUP, seed=0)
+    on = Miner(rows, MiningConfig(enabled=True), PER_STEP, GROUP, seed=0)
     on_batches = run(on, ScriptedPolicy(truth), 40)
     # Plain epochs without the zero-variance filter: what the update sees without mining.
     off = Miner(rows, MiningConfig(enabled=False), PER_STEP, GROUP, seed=0, drop_zero_variance=False)
@@ -45,14 +45,14 @@ def test_ledger_alone_keeps_the_batch_learnable_and_rollouts_cheap():
     """Without the zero-variance filter the ledger's bands do the work once every prompt was seen;
     and with the filter, a useful group costs about one group of rollouts instead of three."""
     rows, truth = pool()
-    miner = Miner(rows, MiningConfig(enabled=True, remine_every=0), PER_STEP, GROUP, seed=1, drop_zero_variance=False)
+    miner = Miner(rows, MiningConfig(enabled=True, remine_after_versions=0), PER_STEP, GROUP, seed=1, drop_zero_variance=False)
     run(miner, ScriptedPolicy(truth, 1), 25)  # first sight of every prompt
     assert all(e.band != "unseen" for e in miner.ledger.entries.values())
     assert variance_share(run(miner, ScriptedPolicy(truth, 2), 20, start=25)) >= 0.95
 
     costs = {}
     for enabled in (True, False):
-        m = Miner(rows, MiningConfig(enabled=enabled, remine_every=0), PER_STEP, GROUP, seed=3)
+        m = Miner(rows, MiningConfig(enabled=enabled, remine_after_versions=0), PER_STEP, GROUP, seed=3)
         policy = ScriptedPolicy(truth, 3)
         batches = run(m, policy, 60)
         costs[enabled] = policy.rollouts / sum(len({s.prompt_id for s in b}) for b in batches)
@@ -62,7 +62,7 @@ def test_ledger_alone_keeps_the_batch_learnable_and_rollouts_cheap():
 def test_short_batch_trains_on_what_it_has_and_records_it():
     rows, truth = pool(10)
     truth = {pid: (0.0 if p == 0.5 else p) for pid, p in truth.items()}  # nothing is learnable
-    miner = Miner(rows, MiningConfig(enabled=True, overdraw_budget=2.0, remine_every=0), PER_STEP, GROUP)
+    miner = Miner(rows, MiningConfig(enabled=True, overdraw_budget=2.0, remine_after_versions=0), PER_STEP, GROUP)
     drawn = miner.next_batch(0, ScriptedPolicy(truth))
     assert drawn.train == []
     assert drawn.metrics["mining/short_batch"] == 1.0
@@ -75,24 +75,66 @@ def test_short_batch_trains_on_what_it_has_and_records_it():
         assert miner.next_batch(step, ScriptedPolicy(truth)).generated
 
 
-def test_remining_moves_prompts_when_the_policy_improves():
+def test_remining_follows_the_policy_moving():
+    """Parked prompts come back once the policy has moved on from their evidence, not before."""
     rows, truth = pool(10)
-    miner = Miner(rows, MiningConfig(enabled=True, remine_every=5, remine_prompts=40), PER_STEP, GROUP)
-    run(miner, ScriptedPolicy(truth), 5)
+    cfg = MiningConfig(enabled=True, remine_after_versions=20, remine_drift=1.0, remine_min_share=0.5,
+                       remine_max_share=1.0)
+    miner = Miner(rows, cfg, PER_STEP, GROUP)
+    policy = ScriptedPolicy(truth)
+    for step in range(8):
+        policy.version = step
+        metrics = miner.next_batch(step, policy).metrics
+        assert metrics["mining/remined_prompts"] == 0  # nothing parked is older than 20 versions yet
     assert miner.ledger.entries["impossible:0"].band == "too_hard"
-    better = {pid: (0.5 if pid.startswith("impossible") else p) for pid, p in truth.items()}
-    metrics = miner.next_batch(5, ScriptedPolicy(better)).metrics
-    assert metrics["mining/remined_prompts"] == 20
-    assert metrics["mining/remine_moves"] >= 8
-    assert metrics["mining/moves/too_hard_to_learnable"] >= 8
-    assert metrics["mining/band/too_hard/math"] <= 2
+    parked = sum(e.band == "too_hard" for e in miner.ledger.entries.values())
+    better = ScriptedPolicy({pid: (0.5 if pid.startswith("impossible") else p) for pid, p in truth.items()}, version=40)
+    miner.next_batch(8, better)  # the miner learns the policy's version from the groups it scores
+    batch = miner.next_batch(9, better)
+    metrics = batch.metrics
+    assert 4 <= metrics["mining/remined_prompts"] <= PER_STEP  # share 0.5..1 of 8 groups of 8 rollouts
+    assert metrics["mining/remine_rollouts"] == GROUP * metrics["mining/remined_prompts"]
+    assert metrics["mining/moves/too_hard_to_learnable"] >= 1
+    # A re-estimate of samples_per_prompt completions with reward variance trains like any group.
+    remined_in_batch = {s.prompt_id for s in batch.train} - {s.prompt_id for s in batch.generated}
+    assert len(remined_in_batch) == metrics["mining/remine_useful_groups"] >= 1
+    assert all(p.startswith("impossible") for p in remined_in_batch)
+    assert metrics["mining/useful_groups"] >= PER_STEP
+    for step in range(10, 20):
+        better.version = 40 + step
+        miner.next_batch(step, better)
+    assert sum(e.band == "too_hard" for e in miner.ledger.entries.values()) < parked / 3
+
+
+def test_remine_count_grows_as_the_learnable_pool_shrinks():
+    cfg = MiningConfig(remine_min_share=0.1, remine_max_share=0.5, estimate_samples=8)
+    counts = [remine_count(open_, reserve=100, step_rollouts=256, cfg=cfg) for open_ in (200, 100, 50, 0)]
+    assert counts == [round(0.1 * 32), round(0.1 * 32), round(0.3 * 32), round(0.5 * 32)]
+    assert remine_count(0, 100, 256, replace(cfg, remine_after_versions=0)) == 0
+
+
+def test_overdue_orders_parked_prompts_by_policy_movement():
+    cfg = MiningConfig(remine_after_versions=10, remine_drift=0.2, park_min_evidence=8)
+    ledger = Ledger(0.1, 0.9, min_evidence=8)
+    for pid, version in (("old", 0), ("mid", 5), ("new", 18)):
+        ledger.add(pid, "math")
+        ledger.record(pid, "math", 8, 0, step=version, version=version)
+    ledger.record("open", "code", 8, 4, step=0, version=0)  # learnable: never re-mined
+    assert [ledger.entries[p].band for p in ("old", "mid", "new")] == ["too_hard"] * 3
+    assert overdue(ledger, ["new", "mid", "old", "open"], 20, cfg) == ["old", "mid"]  # 2.0 and 1.5; new: 0.2
+    # The domain's pass rate moving by remine_drift makes even fresh evidence due.
+    for i in range(6):
+        ledger.record(f"easy{i}", "math", 8, 8, step=18, version=18)
+    assert ledger.domain_rate("math") - ledger.entries["new"].domain_rate >= 0.2
+    assert overdue(ledger, ["new", "mid", "old"], 20, cfg)[-1] == "new"
+    assert overdue(ledger, ["old"], 20, replace(cfg, remine_after_versions=0)) == []
 
 
 def test_band_metrics_per_domain_and_domain_floor():
     rows, truth = pool(10)
     code = [{**r, "id": "c" + r["id"], "domain": "code"} for r in rows if r["id"].startswith("solved")]
     truth.update({r["id"]: 1.0 for r in code})
-    miner = Miner(rows + code, MiningConfig(enabled=True, domain_floor=0.2, remine_every=0), PER_STEP, GROUP)
+    miner = Miner(rows + code, MiningConfig(enabled=True, domain_floor=0.2, remine_after_versions=0), PER_STEP, GROUP)
     run(miner, ScriptedPolicy(truth), 10)
     m = miner.next_batch(10, ScriptedPolicy(truth)).metrics
     assert m["mining/band/solved/code"] == 10 and m["mining/band/learnable/code"] == 0

@@ -106,7 +106,8 @@ def test_token_gaps_and_gap_metrics():
     m = gap_metrics({"math": gaps[0], "code": gaps[1]})
     assert m["rollout/logprob_abs_diff_max"] == 0.5 and m["rollout/logprob_abs_diff_max/code"] == 0.25
     assert m["rollout/logprob_abs_diff_mean"] == pytest.approx(0.75 / 3)
-    assert gap_metrics({})["rollout/logprob_abs_diff_max"] == 0.0
+    # No token sampled by the current weights (an asynchronous batch of older tokens): no gap to report.
+    assert "rollout/logprob_abs_diff_max" not in gap_metrics({})
 
 
 def test_step_stats_merge_in_process_order_equals_one_process():
