@@ -1,7 +1,7 @@
 """End-to-end speed, side by side in one invocation: this pipeline synchronous (max_staleness 0) and
 asynchronous (max_staleness 1 and 2), TRL's GRPOTrainer at equal settings, and the bare vLLM engine.
 
-    python bench/bench_e2e.py [--steps 60] [--only sync,async1,async2,trl,engine] [--rounds 1]
+    python bench/bench_e2e.py [--steps 60] [--only sync,async1,async2,trl,engine,sync_alone] [--rounds 1]
                               [--eval-every 15] [--target 0.45] [--out runs/bench_e2e] [KEY=VALUE ...]
 
 Every run starts from the same checkpoint (`model.path` of the config, bootstrapped if missing), the
@@ -11,8 +11,10 @@ KEY=VALUE overrides go to every pipeline run and set the same things for TRL. Ru
 
 Measured per run, steady state (the first quarter of the steps is warm-up and left out):
 - seconds per RL step (median) and steps/s; generated tokens/s over the whole step;
-- in-pipeline generation tokens/s (synchronous: tokens over the generate phase, mining's refill
-  draws included) against the bare engine on the same prompts with the same threads (`engine`);
+- in-pipeline generation tokens/s against the bare engine on the same prompts with the same threads
+  (`engine`): synchronous, tokens over the generate phase, mining's refill draws included (`sync`
+  scores while it generates; `sync_alone` scores afterwards, so its engines have the cores alone, as
+  the bare engine does); asynchronous, tokens over the seconds the engines had work;
 - weight sync as a share of the step; the cores' busy fraction;
 - held-out sampled pass rate after the same number of steps, and the time to a target held-out pass
   rate: every run writes a checkpoint every --eval-every steps, and one evaluator (a vLLM engine and
@@ -39,7 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES = {"sync": 0, "async1": 1, "async2": 2}  # pipeline runs: rollout.max_staleness
+# Pipeline runs: rollout.max_staleness and extra overrides. `sync_alone` scores after generating
+# (reward.overlap=false), so its generate phase measures the engines inside the pipeline alone, as
+# the bare engine benchmark does; on 2 cores the overlapped code sandbox otherwise takes CPU from them.
+MODES = {"sync": (0, []), "async1": (1, []), "async2": (2, []), "sync_alone": (0, ["reward.overlap=false"])}
 # Ray starts its workers niced; TRL and the engine benchmark run at normal priority. Equal priority
 # keeps the comparison fair on a machine where anything else runs.
 ENV = {**os.environ, "RAY_worker_niceness": "0", "PYTHONPATH": str(ROOT)}
@@ -64,17 +69,19 @@ def load_cfg(extra: list[str]):
 # ---- the pipeline ----------------------------------------------------------------------------------
 
 
-def run_pipeline(name: str, k: int, args: argparse.Namespace, out: Path) -> dict:
+def run_pipeline(name: str, args: argparse.Namespace, out: Path) -> dict:
     run_dir = out / name
+    k, extra = MODES[name]
     cmd = [sys.executable, str(ROOT / "run_rl.py"), f"run.dir={run_dir}", f"run.steps={args.steps}",
-           f"rollout.max_staleness={k}", f"run.save_every={args.eval_every}", "eval.before=false",
-           "eval.after=false", "monitor.progress=lines", "monitor.tensorboard=false", "monitor.ray_metrics=false",
-           *args.overrides]
+           f"rollout.max_staleness={k}", f"run.save_every={args.eval_every}", "run.save_every_minutes=0",
+           "run.keep_checkpoints=0", "eval.before=false", "eval.after=false", "monitor.progress=lines",
+           "monitor.tensorboard=false", "monitor.ray_metrics=false", *extra, *args.overrides]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=ENV)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    res = summarize_steps(rows, sync_key="time/sync" if k == 0 else "time/weight_sync_engine")
+    engines = load_cfg(args.overrides).rollout.num_actors
+    res = summarize_steps(rows, sync_key="time/sync" if k == 0 else "time/weight_sync_engine", engines=engines)
     res["wall_seconds"] = time.perf_counter() - t0
     res["checkpoints"] = {int(p.name.split("-")[1]): str(p) for p in run_dir.glob("checkpoint-*")}
     res["elapsed_at"] = _elapsed(rows)
@@ -90,7 +97,7 @@ def _elapsed(rows: list[dict]) -> dict[int, float]:
     return out
 
 
-def summarize_steps(rows: list[dict], sync_key: str) -> dict:
+def summarize_steps(rows: list[dict], sync_key: str, engines: int) -> dict:
     steady = rows[len(rows) // 4:] or rows
     step_s = [r["time/step"] for r in steady]
     tokens = [r["perf/generated_tokens"] for r in steady]
@@ -104,6 +111,9 @@ def summarize_steps(rows: list[dict], sync_key: str) -> dict:
            "reward_mean_last": statistics.mean(r["reward/mean"] for r in rows[-max(1, len(rows) // 5):])}
     if any(gen_s):
         res["generate_tokens_per_s"] = sum(tokens) / sum(gen_s)
+    else:  # asynchronous: tokens over the seconds the engines had work (idle is summed over engines)
+        busy = sum(step_s) - sum(r.get("time/engine_idle", 0.0) for r in steady) / engines
+        res["generate_tokens_per_s"] = sum(tokens) / busy
     return res
 
 
@@ -144,20 +154,22 @@ def trl_worker(args: argparse.Namespace, out: Path) -> None:
         max_grad_norm=cfg.train.grad_clip, logging_steps=1, save_strategy="steps", save_steps=args.eval_every,
         report_to=[], use_cpu=True, bf16=False, seed=cfg.run.seed, dataloader_num_workers=0,
         gradient_accumulation_steps=1, disable_tqdm=True)
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []  # (begin, end) of each step: checkpoint saves fall between steps
 
     class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            stamps.append((time.perf_counter(), float("nan")))
+
         def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
+            stamps[-1] = (stamps[-1][0], time.perf_counter())
 
     data = Dataset.from_list([{"prompt": r["prompt"], "row_id": r["id"]} for r in train])
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=conf, train_dataset=data,
                           processing_class=tok, callbacks=[Clock()])
-    t0 = time.perf_counter()
     trainer.train()
-    step_s = [b - a for a, b in zip([t0, *stamps], stamps)]
+    step_s = [end - begin for begin, end in stamps]
     (steps_dir / "steps.json").write_text(json.dumps({"step_seconds": step_s, "log": trainer.state.log_history}))
 
 
@@ -320,9 +332,10 @@ def report(runs: dict[str, dict], start_rate: float, target: float | None, cpu: 
             ratios[f"{name}/trl steps_per_s"] = runs[name]["steps_per_s"] / runs["trl"]["steps_per_s"]
     if "engine" in runs:
         print("bare engine tokens/s: " + ", ".join(f"{k} {v:.0f}" for k, v in runs["engine"].items()))
-        if "generate_tokens_per_s" in sync:
-            ratios["sync generation / bare engine tokens_per_s"] = (
-                sync["generate_tokens_per_s"] / runs["engine"]["best_tokens_per_s"])
+        for name in MODES:
+            if "generate_tokens_per_s" in runs.get(name, {}):
+                ratios[f"{name} generation / bare engine tokens_per_s"] = (
+                    runs[name]["generate_tokens_per_s"] / runs["engine"]["best_tokens_per_s"])
     for key, value in ratios.items():
         print(f"  {key}: {value:.2f}")
     return {"cpu": cpu, "start_heldout": start_rate, "target": target, "runs": runs, "ratios": ratios}
@@ -331,7 +344,7 @@ def report(runs: dict[str, dict], start_rate: float, target: float | None, cpu: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--only", default="sync,async1,async2,trl,engine")
+    ap.add_argument("--only", default="sync,async1,async2,trl,engine,sync_alone")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the interleaved set; the medians are reported")
     ap.add_argument("--eval-every", type=int, default=15, help="checkpoint (and evaluate) every this many steps")
     ap.add_argument("--target", type=float, default=None, help="held-out pass rate to time; default: see above")
@@ -364,7 +377,7 @@ def run_all(args: argparse.Namespace, out: Path) -> dict[str, dict]:
         sub = out / f"round{r}"
         for name in only:
             if name in MODES:
-                rounds[name].append(run_pipeline(name, MODES[name], args, sub))
+                rounds[name].append(run_pipeline(name, args, sub))
             elif name == "trl":
                 rounds[name].append(run_trl(args, sub))
             elif name == "engine":

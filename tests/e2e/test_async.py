@@ -15,7 +15,7 @@ from rl.pipeline import run_async
 OVERRIDES = [
     "run.steps=5", "train.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.num_actors=2",
     "data.train_prompts=64", "data.heldout_prompts=8", "data.max_digits=1", "rollout.max_new_tokens=6",
-    "data.tasks=[arithmetic]", "data.task_weights=[1]", "mining.remine_every=2", "mining.remine_prompts=4",
+    "data.tasks=[arithmetic]", "data.task_weights=[1]",
     "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
 ]
 
