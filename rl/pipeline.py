@@ -28,6 +28,7 @@ from typing import Any
 import ray
 
 from rl.actors import busy_meter
+from rl.checkpoint import SaveSchedule
 from rl.config import Config
 from rl.metrics import PhaseTimer
 from rl.types import Sample
@@ -259,6 +260,7 @@ def run_async(cfg: Config, actors: Any, miner: Any, log: Any, run_dir: Path, ste
     pipe = Pipeline(cfg, actors, miner, version, resume=cfg.run.resume)
     state = PipelineState(miner, pipe)
     busy = busy_meter(actors)
+    saves = SaveSchedule(cfg.run.save_every, cfg.run.save_every_minutes)
     for step in range(start, cfg.run.steps):
         if deadline is not None and time.time() >= deadline:
             print(f"run.max_seconds reached at step {step}", flush=True)
@@ -275,7 +277,7 @@ def run_async(cfg: Config, actors: Any, miner: Any, log: Any, run_dir: Path, ste
         timer.seconds["time/step"] = time.perf_counter() - t0
         stream = pipe.step_metrics(idle_before, timer.seconds["time/wait_batch"], busy())
         log.log(step, step_metrics(batch, stream, train_stats, timer, step))
-        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0:
+        if saves.due(step + 1):
             pipe.drain(step + 1)
             save(state, run_dir / f"checkpoint-{step + 1}", step + 1)
             pipe.resume_feeding()

@@ -111,6 +111,7 @@ class Actors:
         self.rollouts = [make.options(num_cpus=0).remote(engine_delay) for _ in range(engines)]
         self.rewards = [ray.remote(FakeReward).options(num_cpus=0).remote()]
         self.trainer = ray.remote(FakeTrainer).options(num_cpus=0).remote(train_delay)
+        self.trainers = [self.trainer]
 
 
 class Log:
@@ -124,6 +125,7 @@ class Log:
 def _config(tmp_path, k: int, steps: int, *extra: str):
     return load_config(None, [f"run.dir={tmp_path}", f"run.steps={steps}", f"rollout.max_staleness={k}",
                               "train.prompts_per_step=4", f"rollout.samples_per_prompt={N}", "mining.estimate_samples=4",
+                              "mining.refill=false",  # the stand-in pool only
                               *extra])
 
 
@@ -170,7 +172,9 @@ def test_staleness_is_bounded_and_every_drawn_group_is_scored_exactly_once(ray_s
 
 def test_a_checkpoint_holds_the_open_steps_and_a_resumed_run_continues_them(ray_session, tmp_path):
     ray = ray_session
-    cfg = _config(tmp_path, 1, 6, "run.save_every=2")
+    # K = 2: step 2's prompts go out while step 1 trains whatever the engines hold, so step 2 is open
+    # when checkpoint-2 is written.
+    cfg = _config(tmp_path, 2, 6, "run.save_every=2")
     miner = Miner.from_config(cfg, _rows())
     saves: list[int] = []
     _run(ray, cfg, miner, Actors(ray, 2, 0.02, 0.02), tmp_path, saves)
@@ -180,7 +184,7 @@ def test_a_checkpoint_holds_the_open_steps_and_a_resumed_run_continues_them(ray_
 
     resumed = Miner.from_config(cfg, _rows())
     resumed.load(ckpt)
-    cfg2 = _config(tmp_path, 1, 6, "run.save_every=0", f"run.resume={ckpt}")
+    cfg2 = _config(tmp_path, 2, 6, "run.save_every=0", f"run.resume={ckpt}")
     pipe = Pipeline(cfg2, Actors(ray, 2, 0.0, 0.0), resumed, version=2, resume=str(ckpt))
     open_steps = {step: fill for step, fill in pipe.fills.items()}
     assert open_steps and min(open_steps) >= 2  # what was drawn for steps 2.. before the checkpoint
