@@ -174,13 +174,25 @@ def train(actors: Actors, samples: list[Sample]) -> dict[str, float]:
     return ray.get([t.train_step.remote(batch) for t in actors.trainers])[0]
 
 
-def stop_actors(actors: Actors) -> None:
-    """Kill every actor and give their reserved bundles back to the cluster (a Ray that goes on
-    running, e.g. a test session's, can then place the next run)."""
+def stop_actors(actors: Actors, timeout_s: float = 30.0) -> None:
+    """Kill every actor, give their reserved bundles back to the cluster and wait (up to `timeout_s`)
+    until their names are free, so that a Ray that goes on running (a test session's) can place and
+    name the next run's actors."""
     for actor in [*actors.rollouts, *actors.rewards, *actors.trainers]:
         ray.kill(actor)
     if actors.placement is not None:
         actors.placement.release()
+    names = [*(f"rollout-{i}" for i in range(len(actors.rollouts))),
+             *(f"reward-{i}" for i in range(len(actors.rewards))),
+             *("trainer" if r == 0 else f"trainer-{r}" for r in range(len(actors.trainers)))]
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:  # gone: the name is free
+                break
+            time.sleep(0.05)
 
 
 def _place(actor: Any) -> tuple[str, int]:

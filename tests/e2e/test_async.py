@@ -8,6 +8,7 @@ import pytest
 
 import run_rl
 from data_mining.prompts import load_prompts
+from rl.actors import stop_actors
 from rl.config import load_config
 from rl.metrics import MetricsLog, step_metrics
 from rl.pipeline import run_async
@@ -18,17 +19,6 @@ OVERRIDES = [
     "data.tasks=[arithmetic]", "data.task_weights=[1]",
     "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
 ]
-
-
-def _kill(ray, actors) -> None:
-    for actor in [*actors.rollouts, *actors.rewards, actors.trainer]:
-        ray.kill(actor)
-    for name in ["trainer", *(f"rollout-{i}" for i in range(len(actors.rollouts)))]:
-        while True:  # the next test's actors reuse the names
-            try:
-                ray.get_actor(name)
-            except ValueError:
-                break
 
 
 class Recorder:
@@ -66,7 +56,7 @@ def _run(ray, tiny_checkpoint: str, run_dir, *extra: str):
     finally:
         log.close()
         actors.trainer = spy.trainer
-        _kill(ray, actors)
+        stop_actors(actors)  # the actors, their bundles and names
     return cfg, steps, rows, spy.batches, miner
 
 

@@ -14,6 +14,7 @@ import torch
 
 import run_rl
 from data_mining.prompts import load_prompts
+from rl.actors import stop_actors
 from rl.config import TrainConfig
 from rl.trainer import TrainerWorker
 from rl.types import Sample
@@ -134,20 +135,6 @@ OVERRIDES = [
 ]
 
 
-def _kill(actors) -> None:
-    import ray
-
-    from rl.actors import stop_actors
-
-    stop_actors(actors)  # the actors and their reserved bundles
-    for name in ["trainer", *(f"rollout-{i}" for i in range(len(actors.rollouts)))]:
-        while True:  # the next run's actors reuse the names
-            try:
-                ray.get_actor(name)
-            except ValueError:
-                break
-
-
 def _run(cfg, model_path: str, run_dir: Path, stop_after: int | None = None) -> dict[str, torch.Tensor]:
     """The driver's set-up and loop (without Ray start/stop, report or evaluation); `stop_after` ends
     the loop after that many steps, as a crash would, leaving the run's last checkpoint behind."""
@@ -164,7 +151,7 @@ def _run(cfg, model_path: str, run_dir: Path, stop_after: int | None = None) -> 
     run_rl.rl_loop(loop_cfg, actors, miner, log, run_dir, start=start)
     log.close()
     weights = ray.get(actors.trainer.weights.remote())
-    _kill(actors)
+    stop_actors(actors)  # the actors, their bundles and names
     return weights
 
 
@@ -203,7 +190,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_checkpoint, ray_
     assert run_rl.rl_loop(cfg, actors, miner, log, parts, start=start) == 4
     log.close()
     resumed = ray.get(actors.trainer.weights.remote())
-    _kill(actors)
+    stop_actors(actors)  # the actors, their bundles and names
 
     # metrics.jsonl was appended to: steps and policy versions continue from the checkpoint.
     lines = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
