@@ -186,8 +186,9 @@ def run_trl(args: argparse.Namespace, out: Path) -> dict:
     lengths = [r["completions/mean_length"] for r in data["log"] if "completions/mean_length" in r]
     per_step_tokens = statistics.mean(lengths) * cfg.rollout.samples_per_prompt * cfg.train.prompts_per_step
     rewards = [r["reward"] for r in data["log"] if "reward" in r]
-    res = {"steps": len(step_s), "step_s_median": statistics.median(steady), "steps_per_s": len(steady) / sum(steady),
-           "tokens_per_s": per_step_tokens / statistics.mean(steady), "num_tokens_logged": tokens[-1] if tokens else None,
+    res = {"steps": len(step_s), "step_s_median": statistics.median(steady),
+           "steps_per_s": len(steady) / sum(steady), "tokens_per_s": per_step_tokens / statistics.mean(steady),
+           "num_tokens_logged": tokens[-1] if tokens else None,
            "reward_mean_last": statistics.mean(rewards[-max(1, len(rewards) // 5):]) if rewards else float("nan")}
     res["checkpoints"] = {int(p.name.split("-")[1]): str(p) for p in (out / "trl").glob("checkpoint-*")}
     total, res["elapsed_at"] = 0.0, {}

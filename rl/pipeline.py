@@ -58,13 +58,16 @@ class EngineStream:
             parts[order[j % len(order)]].append(j)
         for e, idx in enumerate(parts):
             if idx:
-                self.rollouts[e].submit.options(concurrency_group="stream").remote(tag, [rows[j] for j in idx], self.rewards, n=n, **self.sampling)
+                self.rollouts[e].submit.options(concurrency_group="stream").remote(
+                    tag, [rows[j] for j in idx], self.rewards, n=n, **self.sampling)
                 self.load[e] += len(idx)
         self.parts[tag] = parts
-        for e, engine in enumerate(self.rollouts):
-            if e not in self.collecting.values():
-                self.collecting[engine.collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+        self.ensure_collecting()
         return tag
+
+    def forget(self, tag: int) -> None:
+        """Every group of draw `tag` is back: drop its bookkeeping."""
+        del self.parts[tag]
 
     def wait(self, timeout: float, others: list[Any]) -> tuple[list[tuple[int, int, list[Sample]]], dict, list]:
         """Wait up to `timeout` s for anything: returns the groups scored since ((tag, row, samples)),
@@ -82,7 +85,7 @@ class EngineStream:
             for calls, score_ref in info["calls"]:
                 self.scoring[score_ref] = (e, calls)
             if any(self.load) or self.scoring:
-                self.collecting[self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+                self._collect(e)
         for ref in [r for r in self.scoring if r in ready]:
             e, calls = self.scoring.pop(ref)
             samples, call_stats = ray.get(ref)
@@ -95,10 +98,14 @@ class EngineStream:
                 self.load[e] -= 1
         return groups, stats, [r for r in others if r in ready]
 
+    def _collect(self, e: int) -> None:
+        self.collecting[self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+
     def ensure_collecting(self) -> None:
-        for e, engine in enumerate(self.rollouts):
+        """A collect call in flight to every engine."""
+        for e in range(len(self.rollouts)):
             if e not in self.collecting.values():
-                self.collecting[engine.collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+                self._collect(e)
 
     def idle_seconds(self) -> float:
         """The engines' idle seconds so far (nothing queued or in flight), summed."""
@@ -167,6 +174,7 @@ class Pipeline:
             self.fills[step].add(draw, samples)
             if draw.scored >= len(draw.rows):
                 del self.draws[tag]
+                self.stream.forget(tag)
         loaded = [r for r in ready if r in self.loads]
         for ref in loaded:
             self.sync_seconds.append(ray.get(ref))
@@ -203,7 +211,8 @@ class Pipeline:
         weights = trainer.weights.remote()  # queued behind the update: the new weights
         self.version += 1
         for e, engine in enumerate(self.actors.rollouts):
-            self.loads[engine.load_weights.options(concurrency_group="weights").remote(weights, self.version)] = (e, self.version)
+            load = engine.load_weights.options(concurrency_group="weights").remote(weights, self.version)
+            self.loads[load] = (e, self.version)
         with timer("train"):
             while not self._pump(0.05, [done]):
                 self._feed(step + 1)

@@ -124,8 +124,8 @@ class Log:
 
 def _config(tmp_path, k: int, steps: int, *extra: str):
     return load_config(None, [f"run.dir={tmp_path}", f"run.steps={steps}", f"rollout.max_staleness={k}",
-                              "train.prompts_per_step=4", f"rollout.samples_per_prompt={N}", "mining.estimate_samples=4",
-                              "mining.refill=false",  # the stand-in pool only
+                              "train.prompts_per_step=4", f"rollout.samples_per_prompt={N}",
+                              "mining.estimate_samples=4", "mining.refill=false",  # the stand-in pool only
                               *extra])
 
 
