@@ -69,15 +69,16 @@ def check_placement(cfg: Config, available: float | None = None) -> None:
             return
         available = float(cfg.run.num_cpus or os.cpu_count() or 1)
     roles = {"rollout": (cfg.rollout.num_actors, cfg.rollout.cpus_per_actor),
-             "reward": (cfg.reward.num_actors, cfg.reward.cpus_per_actor), "trainer": (1, cfg.train.cpus)}
+             "reward": (cfg.reward.num_actors, cfg.reward.cpus_per_actor),
+             "trainer": (cfg.train.num_actors, cfg.train.cpus)}
     need = sum(n * cpus for n, cpus in roles.values())
     if need > available + 1e-9:
         parts = ", ".join(f"{role} {n} x {cpus:g}" for role, (n, cpus) in roles.items())
         where = "the cluster has" if cfg.run.ray_address else ("run.num_cpus is" if cfg.run.num_cpus else
                                                                 "this machine has")
         sys.exit(f"error: the actors need {need:g} Ray CPUs ({parts}: rollout.num_actors x rollout.cpus_per_actor, "
-                 f"reward.num_actors x reward.cpus_per_actor, train.cpus) but {where} {available:g}; Ray could "
-                 "never place them all")
+                 f"reward.num_actors x reward.cpus_per_actor, train.num_actors x train.cpus) but {where} "
+                 f"{available:g}; Ray could never place them all")
 
 
 @contextlib.contextmanager

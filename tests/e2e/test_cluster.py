@@ -76,12 +76,14 @@ def test_engines_and_trainers_sit_where_the_placement_puts_them(cluster, tiny_ch
 @pytest.mark.parametrize("override, missing", [
     ("train.gpus=1", "missing GPU: no node has it (the run asks for 1)"),
     ("rollout.node_resource=gpu_node", "missing gpu_node: no node has it"),
-    ("rollout.cpus_per_actor=3", "missing CPU for rollout: one bundle asks 3, the largest node has 2"),
+    # 3 + 1 CPUs fit the cluster's 4 in total (the check before Ray starts passes), not one node's 2.
+    ("rollout.num_actors=1 rollout.cpus_per_actor=3",
+     "missing CPU for rollout: one bundle asks 3, the largest node has 2"),
 ])
 def test_a_placement_the_cluster_cannot_hold_stops_the_run_naming_what_is_missing(cluster, tiny_checkpoint, tmp_path,
                                                                                   override, missing):
     proc = _driver(cluster, f"model.path={tiny_checkpoint}", f"run.dir={tmp_path / 'run'}",
-                   "run.placement_timeout_s=5", override, timeout=300)
+                   "run.placement_timeout_s=5", *override.split(), timeout=300)
     assert proc.returncode != 0
     assert "the cluster cannot place this run within run.placement_timeout_s = 5 s" in proc.stderr
     assert missing in proc.stderr, proc.stderr[-3000:]
