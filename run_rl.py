@@ -120,7 +120,6 @@ def stop_early(cfg: Config, actors: Actors, miner: Miner, data: Any, run_dir: Pa
         last = checkpoint.latest(run_dir)
         print(f"error: the run stopped at step {step}: {stop.reason}. Last checkpoint: "
               f"{last or 'none written yet'}", file=sys.stderr, flush=True)
-    ray.shutdown()
     return stop.exit_code
 
 
@@ -132,7 +131,6 @@ def actor_died(run_dir: Path, exc: Exception) -> int:
     print(f"error: an actor died during the RL loop ({type(exc).__name__}: {first_line}); the run stops. "
           f"Last checkpoint: {last or 'none written yet'}" + (" (continue with run.resume=latest)" if last else ""),
           file=sys.stderr, flush=True)
-    ray.shutdown()
     return EXIT_ACTOR_DIED
 
 
@@ -173,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             steps, data = run_steps(cfg, actors, miner, log, run_dir, deadline, start_step, stop)
     except ray.exceptions.RayActorError as exc:
         log.close()
+        ray.shutdown()
         return actor_died(run_dir, exc)
     log.close()
     if stop.requested():
-        return stop_early(cfg, actors, miner, data, run_dir, stop, steps)
+        code = stop_early(cfg, actors, miner, data, run_dir, stop, steps)
+        ray.shutdown()
+        return code
     finish_run(cfg, actors, data, run_dir, heldout_rows, {**summary, "steps": steps})
     ray.shutdown()
     return 0
