@@ -30,6 +30,7 @@ from rl.placement import PlacementError
 from rl.pipeline import run_async
 from rl.report import finish_run
 from rl.stop import EXIT_ACTOR_DIED, EXIT_RESUMABLE, RunStop
+from rl.supervise import ActorLost, ActorStalled
 
 CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
 
@@ -82,6 +83,8 @@ def rl_loop(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_dir:
                 train_stats.update(sync_weights(actors, int(train_stats["policy_version"])))
         timer.seconds["time/step"] = time.perf_counter() - t0
         reward_stats["perf/cores_busy_fraction"] = busy()
+        if actors.supervisor is not None:
+            reward_stats.update(actors.supervisor.metrics())
         metrics = step_metrics(batch, reward_stats, train_stats, timer, step, cfg.rollout.logprob_gap_warn)
         log.log(step, stop.observe(step, metrics))
         if saves.due(step + 1):
@@ -124,11 +127,13 @@ def stop_early(cfg: Config, actors: Actors, miner: Miner, data: Any, run_dir: Pa
 
 
 def actor_died(run_dir: Path, exc: Exception) -> int:
-    """An actor died during the loop: the run stops naming the newest complete checkpoint (saves are
-    atomic, so a death mid-save leaves the previous one whole). The exit status."""
+    """An actor the run cannot replace (a trainer, or a role past run.max_restarts) died or stalled
+    during the loop: the run stops naming the newest complete checkpoint (saves are atomic, so a
+    death mid-save leaves the previous one whole). The exit status."""
     last = checkpoint.latest(run_dir)
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    print(f"error: an actor died during the RL loop ({type(exc).__name__}: {first_line}); the run stops. "
+    what = "stalled" if isinstance(exc, ActorStalled) else "died"
+    print(f"error: an actor {what} during the RL loop ({type(exc).__name__}: {first_line}); the run stops. "
           f"Last checkpoint: {last or 'none written yet'}" + (" (continue with run.resume=latest)" if last else ""),
           file=sys.stderr, flush=True)
     return EXIT_ACTOR_DIED
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with frozen_gc(), stop.signals():
             steps, data = run_steps(cfg, actors, miner, log, run_dir, deadline, start_step, stop)
-    except ray.exceptions.RayActorError as exc:
+    except (ray.exceptions.RayActorError, ActorStalled, ActorLost) as exc:
         log.close()
         ray.shutdown()
         return actor_died(run_dir, exc)

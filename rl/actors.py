@@ -19,6 +19,7 @@ from rl.config import Config
 from rl.metrics import PhaseTimer, cores_busy
 from rl.placement import Placement, reserve, roles
 from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
+from rl.supervise import Supervisor, get_within, wait_names_free
 from rl.trainer import TrainerWorker
 from rl.types import Sample
 
@@ -102,7 +103,9 @@ def frozen_gc() -> Iterator[None]:
 @dataclass
 class Actors:
     """The run's actors. `trainer` is rank 0 of the data-parallel `trainers` (the one that publishes
-    weights and writes checkpoints); `placement` holds the reserved bundles."""
+    weights and writes checkpoints); `placement` holds the reserved bundles; `supervisor`
+    (`rl.supervise`), when set, replaces engines and reward actors that die or stall and redoes
+    their work (the functions below go through it)."""
 
     rollouts: list[Any]
     rewards: list[Any]
@@ -110,6 +113,7 @@ class Actors:
     trainers: list[Any] = field(default_factory=list)
     placement: Placement | None = None
     transport: WeightTransport = field(default_factory=ObjectStoreTransport)
+    supervisor: Supervisor | None = None
 
     def __post_init__(self) -> None:
         if not self.trainers and self.trainer is not None:
@@ -123,20 +127,28 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     `reward_worker` is the reward actor's class (`rewards.pool.RewardWorker`), built from `cfg.reward`."""
     transport = make_transport(cfg.rollout.weight_transport)
     placement = reserve(roles(cfg), cfg.run.placement_timeout_s)
-    max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
-    rollouts = [
-        ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RolloutWorker)
-        .options(name=f"rollout-{i}", **placement.options("rollout", i))
-        .remote(model_path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed + i, max_model_len=max_model_len)
-        for i in range(cfg.rollout.num_actors)
-    ]
-    rewards = [
-        ray.remote(reward_worker).options(name=f"reward-{i}", **placement.options("reward", i)).remote(cfg.reward)
-        for i in range(cfg.reward.num_actors)
-    ]
+    start = {"rollout": lambda i: start_rollout(cfg, placement, i, model_path),
+             "reward": lambda i: start_reward(cfg, placement, i, reward_worker)}
+    rollouts = [start["rollout"](i) for i in range(cfg.rollout.num_actors)]
+    rewards = [start["reward"](i) for i in range(cfg.reward.num_actors)]
     trainers = start_trainers(cfg, placement, model_path, ref_path)
     ray.get([r.info.remote() for r in rollouts + rewards] + [t.state.remote() for t in trainers])
-    return Actors(rollouts, rewards, trainers[0], trainers, placement, transport)
+    actors = Actors(rollouts, rewards, trainers[0], trainers, placement, transport)
+    actors.supervisor = Supervisor(cfg, actors, start)
+    return actors
+
+
+def start_rollout(cfg: Config, placement: Placement, i: int, model_path: str) -> Any:
+    """Rollout engine `i` (named `rollout-i`) in its bundle, on `model_path`'s weights."""
+    max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    return (ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RolloutWorker)
+            .options(name=f"rollout-{i}", **placement.options("rollout", i))
+            .remote(model_path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed + i, max_model_len=max_model_len))
+
+
+def start_reward(cfg: Config, placement: Placement, i: int, reward_worker: type) -> Any:
+    """Reward actor `i` (named `reward-i`) in its bundle."""
+    return ray.remote(reward_worker).options(name=f"reward-{i}", **placement.options("reward", i)).remote(cfg.reward)
 
 
 def start_trainers(cfg: Config, placement: Placement, model_path: str, ref_path: str | None = None) -> list[Any]:
@@ -172,7 +184,11 @@ def train(actors: Actors, samples: list[Sample]) -> dict[str, float]:
     """One update on every trainer (each on its share of `samples`, which travel once through the
     object store); rank 0's metrics, which are merged over all ranks."""
     batch = ray.put(samples)
-    return ray.get([t.train_step.remote(batch) for t in actors.trainers])[0]
+    refs = [t.train_step.remote(batch) for t in actors.trainers]
+    if actors.supervisor is None:
+        return ray.get(refs)[0]
+    tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    return get_within(refs, actors.supervisor.timeouts.training(tokens), "a trainer's update")[0]
 
 
 def stop_actors(actors: Actors, timeout_s: float = 30.0) -> None:
@@ -183,17 +199,9 @@ def stop_actors(actors: Actors, timeout_s: float = 30.0) -> None:
         ray.kill(actor)
     if actors.placement is not None:
         actors.placement.release()
-    names = [*(f"rollout-{i}" for i in range(len(actors.rollouts))),
-             *(f"reward-{i}" for i in range(len(actors.rewards))),
-             *("trainer" if r == 0 else f"trainer-{r}" for r in range(len(actors.trainers)))]
-    deadline = time.monotonic() + timeout_s
-    for name in names:
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name)
-            except ValueError:  # gone: the name is free
-                break
-            time.sleep(0.05)
+    wait_names_free([*(f"rollout-{i}" for i in range(len(actors.rollouts))),
+                     *(f"reward-{i}" for i in range(len(actors.rewards))),
+                     *("trainer" if r == 0 else f"trainer-{r}" for r in range(len(actors.trainers)))], timeout_s)
 
 
 def _place(actor: Any) -> tuple[str, int]:
@@ -218,17 +226,25 @@ def _split(items: list, parts: int) -> list[list]:
     return [items[i::parts] for i in range(parts)]
 
 
+def _within(actors: Actors, kind: str, *work: int) -> float | None:
+    """The timeout of a call of `kind` ("generation", "scoring") with that work; None unsupervised."""
+    return None if actors.supervisor is None else getattr(actors.supervisor.timeouts, kind)(*work)
+
+
 def generate(actors: Actors, rows: list[dict], **sampling: Any) -> list[Sample]:
     """Spread prompts over the rollout actors; each returns `n` Samples per prompt."""
     parts = [p for p in _split(rows, len(actors.rollouts)) if p]
-    results = ray.get([r.generate.remote(p, **sampling) for r, p in zip(actors.rollouts, parts)])
+    results = get_within([r.generate.remote(p, **sampling) for r, p in zip(actors.rollouts, parts)],
+                         _within(actors, "generation", len(rows), sampling["n"], sampling.get("max_new_tokens", 16)),
+                         "generation")
     return [s for part in results for s in part]
 
 
 def score(actors: Actors, samples: list[Sample]) -> tuple[list[Sample], dict[str, float]]:
     """Spread samples over the reward actors; the scored samples in the given order, stats summed."""
     k = len(actors.rewards)
-    results = ray.get([r.score.remote(p) for r, p in zip(actors.rewards, _split(samples, k)) if p])
+    results = get_within([r.score.remote(p) for r, p in zip(actors.rewards, _split(samples, k)) if p],
+                         _within(actors, "scoring", len(samples)), "scoring")
     scored: list[Sample] = [None] * len(samples)  # type: ignore[list-item]
     for i, (part, _) in enumerate(results):
         scored[i::k] = part  # `_split` dealt sample j to actor j % k
@@ -259,6 +275,14 @@ def generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool = True
     scores after that, i.e. what scoring still adds to the step); the stats' `time/reward_compute`
     stays the reward actors' busy seconds.
     """
+    if actors.supervisor is None:
+        return _generate_and_score(actors, rows, overlap=overlap, timer=timer, **sampling)
+    return actors.supervisor.redo(lambda: _generate_and_score(actors, rows, overlap=overlap, timer=timer, **sampling),
+                                  draw=True)
+
+
+def _generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool, timer: PhaseTimer | None,
+                        **sampling: Any) -> tuple[list[Sample], dict[str, float]]:
     timer = timer or PhaseTimer()
     if not overlap:
         with timer("generate"):
@@ -267,10 +291,14 @@ def generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool = True
             return score(actors, samples)
     parts = [p for p in _split(rows, len(actors.rollouts)) if p]
     with timer("generate"):
-        calls = ray.get([r.generate_scored.remote(p, actors.rewards, **sampling) for r, p in zip(actors.rollouts, parts)])
+        calls = get_within([r.generate_scored.remote(p, actors.rewards, **sampling)
+                            for r, p in zip(actors.rollouts, parts)],
+                           _within(actors, "generation", len(rows), sampling["n"], sampling.get("max_new_tokens", 16)),
+                           "generation")
     sent = [(part, row_indices, ref) for part, part_calls in enumerate(calls) for row_indices, ref in part_calls]
     with timer("reward"):
-        results = ray.get([ref for _, _, ref in sent])
+        results = get_within([ref for _, _, ref in sent], _within(actors, "scoring", len(rows) * sampling["n"]),
+                             "scoring")
     # Back into `generate`'s order: rollout actor by actor, row by row, `n` samples per row.
     n, groups = sampling["n"], {}
     for (part, row_indices, _), (scored, _) in zip(sent, results):
@@ -282,7 +310,11 @@ def generate_and_score(actors: Actors, rows: list[dict], *, overlap: bool = True
 def sync_weights(actors: Actors, version: int) -> dict[str, float]:
     """Rank 0's weights into every rollout engine, in place, by the actors' transport (`rl.broadcast`);
     the sync's metrics: bytes and seconds per engine."""
-    return actors.transport.broadcast(actors.trainer, actors.rollouts, version).metrics()
+    if actors.supervisor is None:
+        return actors.transport.broadcast(actors.trainer, actors.rollouts, version).metrics()
+    timeout = actors.supervisor.timeouts.call()
+    return actors.supervisor.redo(
+        lambda: actors.transport.broadcast(actors.trainer, actors.rollouts, version, timeout).metrics(), draw=False)
 
 
 def evaluate(actors: Actors, rows: list[dict], cfg: Config) -> dict[str, float]:

@@ -52,19 +52,24 @@ class SyncReport:
 class WeightTransport(Protocol):
     """How rank 0's weights reach every engine; `broadcast` returns once every engine holds them."""
 
-    def broadcast(self, trainer: Any, engines: list[Any], version: int) -> SyncReport: ...
+    def broadcast(self, trainer: Any, engines: list[Any], version: int, timeout: float | None = None) -> SyncReport:
+        """... within `timeout` s (None: however long it takes; past it `rl.supervise.ActorStalled`)."""
 
 
 class ObjectStoreTransport:
     """Published once in Ray's object store by the trainer, fetched by every engine."""
 
-    def broadcast(self, trainer: Any, engines: list[Any], version: int) -> SyncReport:
+    def broadcast(self, trainer: Any, engines: list[Any], version: int, timeout: float | None = None) -> SyncReport:
+        from rl.supervise import get_within
+
         start = time.perf_counter()
         ref = trainer.weights.remote()
-        ray.wait([ref], fetch_local=False)  # stored in rank 0's object store; nothing is copied here
+        # Stored in rank 0's object store; nothing is copied here.
+        get_within([ref], timeout, "publishing the trainer's weights", fetch=False)
         published = time.perf_counter() - start
         # In a list, so that Ray hands the engines the reference and each one times its own fetch.
-        return SyncReport(ray.get([e.receive_weights.remote([ref], version) for e in engines]), published)
+        received = get_within([e.receive_weights.remote([ref], version) for e in engines], timeout, "a weight sync")
+        return SyncReport(received, published)
 
 
 class NcclTransport:
@@ -75,7 +80,7 @@ class NcclTransport:
             "rollout.weight_transport=nccl is not available: vLLM's weight-transfer engines need GPUs and this "
             "build has only been run on CPU; use rollout.weight_transport=object_store")
 
-    def broadcast(self, trainer: Any, engines: list[Any], version: int) -> SyncReport:
+    def broadcast(self, trainer: Any, engines: list[Any], version: int, timeout: float | None = None) -> SyncReport:
         raise NotImplementedError
 
 

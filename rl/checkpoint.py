@@ -211,8 +211,18 @@ def save(cfg: Config, actors: Any, data: Saveable, path: Path, step: int) -> Non
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
     for leftover in (tmp, old):  # a save interrupted earlier
         shutil.rmtree(leftover, ignore_errors=True)
-    ray.get(actors.trainer.save.remote(str(tmp)))  # rank 0: data-parallel ranks hold the same state
-    torch.save(ray.get([r.rng_state.remote() for r in actors.rollouts]), tmp / ENGINE_RNG)
+    supervisor = getattr(actors, "supervisor", None)
+    if supervisor is None:
+        ray.get(actors.trainer.save.remote(str(tmp)))  # rank 0: data-parallel ranks hold the same state
+        rng = ray.get([r.rng_state.remote() for r in actors.rollouts])
+    else:  # a stalled trainer stops the run; an engine lost here is replaced (its state: the supervisor's)
+        from rl.supervise import get_within
+
+        get_within([actors.trainer.save.remote(str(tmp))], supervisor.timeouts.call() * 6, "writing a checkpoint")
+        rng = supervisor.redo(lambda: get_within([r.rng_state.remote() for r in actors.rollouts],
+                                                 supervisor.timeouts.call(), "reading the engines' sampler state"),
+                              draw=False)
+    torch.save(rng, tmp / ENGINE_RNG)
     for f in Path(cfg.model.path).iterdir():  # tokenizer files travel with the weights
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
             shutil.copy(f, tmp / f.name)
@@ -267,4 +277,6 @@ def restore(actors: Any, data: Saveable, path: str | Path) -> int:
               "sampling will not repeat the interrupted run", flush=True)
     ray.get([r.restore.remote(states[i] if i < len(states) else None, version)
              for i, r in enumerate(actors.rollouts)])
+    if getattr(actors, "supervisor", None) is not None:
+        actors.supervisor.forget_rng()
     return version

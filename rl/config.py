@@ -99,6 +99,21 @@ class RunConfig:
         default=3, metadata={"help": "checkpoint-N directories kept in run.dir, the newest; 0 = all (final/ is "
                                      "always kept)", "min": 0}
     )
+    max_restarts: int = field(
+        default=3,
+        metadata={"help": "a rollout engine or reward actor whose process dies (or stalls past its call timeout) is "
+                          "replaced and its unfinished work redone, at most this many times per role over the run; "
+                          "past it the run stops naming its last checkpoint; 0 = a dead actor stops the run",
+                  "min": 0},
+    )
+    call_timeout_s: float = field(
+        default=0.0,
+        metadata={"help": "seconds a remote call to an actor may take before the actor counts as stalled (an engine or "
+                          "reward actor is then replaced like a dead one, a trainer stops the run); 0 = derived from "
+                          "each call's work: 300 s plus 1 s per 20 tokens an engine may generate, per "
+                          "reward.timeout_s per sample a reward actor may score in turn, per 50 tokens a trainer "
+                          "updates on", "min": 0},
+    )
     max_seconds: float = field(
         default=0.0,
         metadata={"help": "stop the RL loop after this many seconds (mining's offline pass included); 0 = no limit",

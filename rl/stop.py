@@ -12,8 +12,9 @@ says why and exits with the matching status. Two things set it:
   (Ctrl-C). The current step finishes, the driver writes a checkpoint and exits with
   `EXIT_RESUMABLE`; a second signal exits at once.
 
-An actor that dies during the loop (the trainer, an engine, a reward actor: none is restarted yet)
-ends the run at once with `EXIT_ACTOR_DIED`, naming the newest complete checkpoint to resume from.
+An engine or reward actor that dies or stalls is replaced and its work redone (`rl.supervise`); a
+trainer that does, or a role replaced more than `run.max_restarts` times, ends the run at once
+with `EXIT_ACTOR_DIED`, naming the newest complete checkpoint to resume from.
 """
 
 from __future__ import annotations
