@@ -31,6 +31,7 @@ from rl.actors import busy_meter
 from rl.checkpoint import SaveSchedule
 from rl.config import Config
 from rl.metrics import PhaseTimer
+from rl.supervise import ActorStalled, owner
 from rl.types import Sample
 
 PENDING = "pending_steps.pkl"  # the open steps of an asynchronous run's checkpoint
@@ -38,16 +39,26 @@ COLLECT_TIMEOUT_S = 1.0  # an engine's collect call returns empty after this, an
 
 
 class EngineStream:
-    """The driver's side of streaming generation: draws out to the engines, scored groups back."""
+    """The driver's side of streaming generation: draws out to the engines, scored groups back.
 
-    def __init__(self, actors: Any, sampling: dict[str, Any]) -> None:
+    With a supervisor (`rl.supervise`), calls that fail because their actor died, or that take past
+    their timeout, are handed back by `wait` as failures; `engine_replaced` and the failed scoring
+    calls say which rows were lost with them, for the pipeline to submit again."""
+
+    def __init__(self, actors: Any, sampling: dict[str, Any], timeouts: Any = None) -> None:
         self.rollouts, self.rewards, self.sampling = actors.rollouts, actors.rewards, sampling
+        self.timeouts = timeouts  # `rl.supervise.Timeouts`; None: wait as long as it takes
         self.next_tag = 0
         self.parts: dict[int, list[list[int]]] = {}  # tag -> per engine, the draw's row indices it got
+        self.rows: dict[int, list[dict[str, Any]]] = {}  # tag -> the rows submitted under it
         self.load = [0] * len(self.rollouts)  # rows in flight per engine
+        self.pending: list[set[tuple[int, int]]] = [set() for _ in self.rollouts]  # (tag, local row) not sent to scoring
         self.collecting: dict[Any, int] = {}  # collect call in flight -> engine
         self.scoring: dict[Any, tuple[int, list[tuple[int, int, int]]]] = {}  # reward call -> engine, groups
+        self.deadline: dict[Any, float] = {}  # call in flight -> when it counts as stalled
         self.counters: list[dict[str, Any]] = [{} for _ in self.rollouts]  # each engine's latest counters
+        self.progress = [time.monotonic()] * len(self.rollouts)  # when each engine last finished a request
+        self.retired: dict[str, float] = {}  # the counters of engines since replaced
 
     def submit(self, rows: list[dict[str, Any]], n: int) -> int:
         """Deal `rows` over the engines, least loaded first; returns the draw's tag."""
@@ -60,35 +71,62 @@ class EngineStream:
             if idx:
                 self.rollouts[e].submit.options(concurrency_group="stream").remote(
                     tag, [rows[j] for j in idx], self.rewards, n=n, **self.sampling)
+                if not self.load[e]:
+                    self.progress[e] = time.monotonic()
                 self.load[e] += len(idx)
-        self.parts[tag] = parts
+                self.pending[e].update((tag, local) for local in range(len(idx)))
+        self.parts[tag], self.rows[tag] = parts, rows
         self.ensure_collecting()
         return tag
 
     def forget(self, tag: int) -> None:
         """Every group of draw `tag` is back: drop its bookkeeping."""
-        del self.parts[tag]
+        del self.parts[tag], self.rows[tag]
 
-    def wait(self, timeout: float, others: list[Any]) -> tuple[list[tuple[int, int, list[Sample]]], dict, list]:
+    def wait(self, timeout: float, others: list[Any]) -> tuple[list[tuple[int, int, list[Sample]]], dict, list,
+                                                                list[Exception], list[tuple[int, dict]]]:
         """Wait up to `timeout` s for anything: returns the groups scored since ((tag, row, samples)),
-        the reward stats of their calls summed, and which of `others` are ready."""
+        the reward stats of their calls summed, which of `others` are ready, the failures (an actor's
+        Ray error, or `ActorStalled` for calls past their timeout) and the rows lost with failed
+        scoring calls ((tag, row))."""
         refs = [*self.collecting, *self.scoring, *others]
         if not refs:
-            return [], {}, []
+            return [], {}, [], [], []
         ray.wait(refs, num_returns=1, timeout=timeout)
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
         groups: list[tuple[int, int, list[Sample]]] = []
         stats: dict[str, float] = {}
+        failures: list[Exception] = []
+        lost: list[tuple[int, dict]] = []
         for ref in [r for r in self.collecting if r in ready]:
             e = self.collecting.pop(ref)
-            self.counters[e] = info = ray.get(ref)
+            self.deadline.pop(ref, None)
+            try:
+                self.counters[e] = info = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # the engine died: `engine_replaced` says what it lost
+                failures.append(exc)
+                continue
             for calls, score_ref in info["calls"]:
                 self.scoring[score_ref] = (e, calls)
+                if self.timeouts is not None:
+                    self.deadline[score_ref] = time.monotonic() + self.timeouts.scoring(sum(c for _, _, c in calls))
+                self.pending[e].difference_update((tag, local) for tag, local, _ in calls)
+                self.progress[e] = time.monotonic()
             if any(self.load) or self.scoring:
                 self._collect(e)
         for ref in [r for r in self.scoring if r in ready]:
             e, calls = self.scoring.pop(ref)
-            samples, call_stats = ray.get(ref)
+            self.deadline.pop(ref, None)
+            try:
+                samples, call_stats = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+                # The reward actor died, or the engine that made the call (the result's owner) did: the
+                # groups go out again (a dead engine is replaced when its collect call fails).
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    failures.append(exc)
+                lost += [(tag, self._row(tag, e, local)) for tag, local, _ in calls]
+                self.load[e] -= len(calls)
+                continue
             for key, value in call_stats.items():
                 stats[key] = stats.get(key, 0.0) + value
             pos = 0
@@ -96,10 +134,48 @@ class EngineStream:
                 groups.append((tag, self.parts[tag][e][local_row], samples[pos:pos + count]))
                 pos += count
                 self.load[e] -= 1
-        return groups, stats, [r for r in others if r in ready]
+        failures += self._stalled()
+        return groups, stats, [r for r in others if r in ready], failures, lost
+
+    def _row(self, tag: int, e: int, local: int) -> dict[str, Any]:
+        return self.rows[tag][self.parts[tag][e][local]]
+
+    def _stalled(self) -> list[Exception]:
+        """Calls past their timeout, and engines with rows in flight that finished none for as long."""
+        if self.timeouts is None:
+            return []
+        from rl.supervise import ActorStalled, owner
+
+        now, limit = time.monotonic(), self.timeouts.call()
+        out: list[Exception] = [ActorStalled([owner(r)], limit, "a streaming call")
+                                for r, t in self.deadline.items() if now > t]
+        for e in range(len(self.rollouts)):
+            if self.pending[e] and now - self.progress[e] > limit:
+                out.append(ActorStalled([self.rollouts[e]._actor_id.hex()], limit, "generation (no request finished)"))
+        return out
+
+    def engine_replaced(self, e: int) -> list[tuple[int, dict]]:
+        """Engine `e` was replaced: forget its calls in flight; the rows it had not sent to scoring ((tag, row))."""
+        for ref in [r for r, i in self.collecting.items() if i == e]:
+            del self.collecting[ref]
+            self.deadline.pop(ref, None)
+        lost = [(tag, self._row(tag, e, local)) for tag, local in sorted(self.pending[e])]
+        self.load[e] -= len(lost)
+        self.pending[e] = set()
+        for key in ("idle_seconds", "restarted"):
+            self.retired[key] = self.retired.get(key, 0.0) + self.counters[e].get(key, 0.0)
+        self.counters[e], self.progress[e] = {}, time.monotonic()
+        return lost
+
+    def rewards_replaced(self) -> None:
+        """A reward actor was replaced: every engine sends to the new list from now on."""
+        ray.get([r.set_rewards.options(concurrency_group="stream").remote(self.rewards) for r in self.rollouts])
 
     def _collect(self, e: int) -> None:
-        self.collecting[self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)] = e
+        ref = self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)
+        self.collecting[ref] = e
+        if self.timeouts is not None:
+            self.deadline[ref] = time.monotonic() + COLLECT_TIMEOUT_S + self.timeouts.call()
 
     def ensure_collecting(self) -> None:
         """A collect call in flight to every engine."""
@@ -109,10 +185,10 @@ class EngineStream:
 
     def idle_seconds(self) -> float:
         """The engines' idle seconds so far (nothing queued or in flight), summed."""
-        return sum(c.get("idle_seconds", 0.0) for c in self.counters)
+        return self.retired.get("idle_seconds", 0.0) + sum(c.get("idle_seconds", 0.0) for c in self.counters)
 
     def restarted(self) -> int:
-        return sum(c.get("restarted", 0) for c in self.counters)
+        return int(self.retired.get("restarted", 0)) + sum(c.get("restarted", 0) for c in self.counters)
 
 
 class Pipeline:
@@ -123,7 +199,10 @@ class Pipeline:
         self.cfg, self.actors, self.miner, self.k = cfg, actors, miner, cfg.rollout.max_staleness
         sampling = dict(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         max_new_tokens=cfg.rollout.max_new_tokens)
-        self.stream = EngineStream(actors, sampling)
+        self.supervisor = getattr(actors, "supervisor", None)  # replaces engines and reward actors that fail
+        if self.supervisor is not None:
+            self.supervisor.forget_rng()  # the engines' sampler states move on outside any draw from here
+        self.stream = EngineStream(actors, sampling, self.supervisor.timeouts if self.supervisor else None)
         self.fills: dict[int, Any] = {}  # step -> its StepFill, open
         if resume and (Path(resume) / PENDING).exists():
             with open(Path(resume) / PENDING, "rb") as f:
@@ -131,7 +210,7 @@ class Pipeline:
         self.draws: dict[int, tuple[int, Any]] = {}  # tag -> (step, Draw) in flight
         self.version = version  # updates submitted to the trainer
         self.engine_versions = [version] * len(actors.rollouts)  # the weights each engine holds
-        self.loads: dict[Any, tuple[int, int]] = {}  # weight load in flight -> (engine, version)
+        self.loads: dict[Any, tuple[int, int, float]] = {}  # weight load in flight -> (engine, version, deadline)
         self.reward_stats: dict[str, float] = {}
         self.sync_seconds: list[float] = []
         self.draining = False
@@ -163,24 +242,55 @@ class Pipeline:
 
     def _pump(self, timeout: float, others: list[Any] = ()) -> list[Any]:
         """One wait: scored groups into their steps, acknowledged weight loads; returns the ready `others`."""
-        groups, stats, ready = self.stream.wait(timeout, [*self.loads, *others])
+        groups, stats, ready, failures, lost = self.stream.wait(timeout, [*self.loads, *others])
         for key, value in stats.items():
             self.reward_stats[key] = self.reward_stats.get(key, 0.0) + value
         by_tag: dict[int, list[Sample]] = {}
         for tag, _, samples in groups:
             by_tag.setdefault(tag, []).extend(samples)
-        for tag, samples in by_tag.items():
-            step, draw = self.draws[tag]
+        for (step, draw), samples in [(self.draws[tag], samples) for tag, samples in by_tag.items()]:
             self.fills[step].add(draw, samples)
-            if draw.scored >= len(draw.rows):
-                del self.draws[tag]
-                self.stream.forget(tag)
+            if draw.scored >= len(draw.rows):  # under every tag it went out with (lost rows go out again)
+                for tag in [t for t, (_, d) in self.draws.items() if d is draw]:
+                    del self.draws[tag]
+                    self.stream.forget(tag)
         loaded = [r for r in ready if r in self.loads]
         for ref in loaded:
-            self.sync_seconds.append(ray.get(ref))
-            engine, version = self.loads.pop(ref)
+            engine, version, _ = self.loads.pop(ref)
+            try:
+                self.sync_seconds.append(ray.get(ref))
+            except ray.exceptions.RayActorError as exc:
+                failures.append(exc)
+                continue
             self.engine_versions[engine] = max(self.engine_versions[engine], version)
+        now = time.monotonic()
+        failures += [ActorStalled([owner(r)], self.supervisor.timeouts.call(), "a weight load")
+                     for r, (_, _, deadline) in self.loads.items() if now > deadline]
+        if failures:
+            self._recover(failures, lost)
         return [r for r in ready if r not in loaded]
+
+    def _recover(self, failures: list[Exception], lost: list[tuple[int, dict]]) -> None:
+        """Replace the engines and reward actors that died or stalled (`rl.supervise`) and submit the rows
+        lost with them again, to the engines as they are now; a failure it cannot recover is raised."""
+        if self.supervisor is None:
+            raise failures[0]
+        for exc in failures:
+            for role, i in self.supervisor.replace(exc):
+                if role == "rollout":
+                    lost += self.stream.engine_replaced(i)
+                    for ref in [r for r, (e, _, _) in self.loads.items() if e == i]:
+                        del self.loads[ref]
+                    # It started from the trainer's current weights.
+                    self.engine_versions[i] = ray.get(self.actors.rollouts[i].info.remote())["version"]
+                else:
+                    self.stream.rewards_replaced()
+        by_tag: dict[int, list[dict]] = {}
+        for tag, row in lost:
+            by_tag.setdefault(tag, []).append(row)
+        for tag, rows in by_tag.items():
+            step, draw = self.draws[tag]
+            self.draws[self.stream.submit(rows, draw.n)] = (step, draw)
 
     def next_batch(self, step: int) -> Any:
         """Step `step`'s batch, once its groups are scored (generation for later steps goes on)."""
@@ -210,11 +320,17 @@ class Pipeline:
         done = trainer.train_step.remote(batch.train)
         weights = trainer.weights.remote()  # queued behind the update: the new weights
         self.version += 1
+        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.train)
+        limit = self.supervisor.timeouts.training(tokens) if self.supervisor else float("inf")
+        until = time.monotonic() + limit
+        load_limit = limit + (self.supervisor.timeouts.call() if self.supervisor else 0.0)  # queued behind the update
         for e, engine in enumerate(self.actors.rollouts):
             load = engine.load_weights.options(concurrency_group="weights").remote(weights, self.version)
-            self.loads[load] = (e, self.version)
+            self.loads[load] = (e, self.version, time.monotonic() + load_limit)
         with timer("train"):
             while not self._pump(0.05, [done]):
+                if time.monotonic() > until:  # a stalled trainer ends the run (run_rl.actor_died)
+                    raise ActorStalled([owner(done)], limit, "a trainer's update")
                 self._feed(step + 1)
         return ray.get(done)
 
@@ -234,6 +350,8 @@ class Pipeline:
                "time/trainer_idle": trainer_idle, "perf/cores_busy_fraction": busy,
                "rollout/restarted_requests": float(self.stream.restarted()),
                "rollout/engine_version": float(self.engine_version)}
+        if self.supervisor is not None:
+            out.update(self.supervisor.metrics())
         if self.sync_seconds:
             out["time/weight_sync_engine"] = max(self.sync_seconds)
         self.reward_stats, self.sync_seconds = {}, []

@@ -295,6 +295,12 @@ class RolloutWorker:
                 st.thread.start()
             st.cond.notify_all()
 
+    def set_rewards(self, reward_actors: list[Any]) -> None:
+        """Send finished groups to these reward actors from now on (one of them was replaced)."""
+        st = self._stream
+        with st.cond:
+            st.rewards, st.last = list(reward_actors), [None] * len(reward_actors)
+
     def collect(self, timeout: float = 1.0) -> dict[str, Any]:
         """The scoring calls sent since the last collect, waiting up to `timeout` s for one: `calls` is
         [([(tag, row index, completions), ...], ObjectRef of the reward actor's (samples, stats))],

@@ -110,6 +110,7 @@ class Supervisor:
         self.timeouts = Timeouts(cfg)
         self.restarts = dict.fromkeys(ROLES, 0)
         self.rng: list[Any] | None = None  # every engine's sampler state where no draw is under way
+        self.gone: set[str] = set()  # ids of the actors replaced so far
 
     def handles(self, role: str) -> list[Any]:
         return {"rollout": self.actors.rollouts, "reward": self.actors.rewards, "trainer": self.actors.trainers}[role]
@@ -154,6 +155,22 @@ class Supervisor:
             except (ray.exceptions.RayActorError, ActorStalled) as exc:
                 self.replace(exc)
                 restore = draw and self.rng is not None
+            except ray.exceptions.ObjectLostError as exc:  # e.g. the engine that made a reward call died
+                if not self.probe():
+                    raise
+                restore = draw and self.rng is not None
+
+    def probe(self) -> list[tuple[str, int]]:
+        """Ask every engine and reward actor for its info; replace those that are dead or do not answer
+        in time. Returns the replaced ones."""
+        replaced = []
+        for role in ROLES:
+            for handle in list(self.handles(role)):
+                try:
+                    get_within([handle.info.remote()], self.timeouts.call(), f"probing {role} actors")
+                except (ray.exceptions.RayActorError, ActorStalled) as exc:
+                    replaced += self.replace(exc)
+        return replaced
 
     def policy_version(self) -> int:
         return int(get_within([self.actors.trainer.state.remote()], self.timeouts.call(), "the trainer's state")[0]
@@ -161,11 +178,14 @@ class Supervisor:
 
     def replace(self, exc: Exception) -> list[tuple[str, int]]:
         """Replace the engines and reward actors `exc` names as dead or stalled; returns them as
-        (role, index). Raises `exc` itself when it names a trainer or an actor not of this run, and
-        `ActorLost` when a role has used up run.max_restarts."""
+        (role, index); an actor replaced already is skipped (its other calls fail too). Raises `exc`
+        itself when it names a trainer or an actor not of this run, and `ActorLost` when a role has
+        used up run.max_restarts."""
         stalled = isinstance(exc, ActorStalled)
-        ids = exc.actor_ids if stalled else [getattr(exc, "actor_id", None)]
-        places = [self.locate(i) for i in ids]
+        named = exc.actor_ids if stalled else [getattr(exc, "actor_id", None)]
+        if named and all(i in self.gone for i in named):
+            return []
+        places = [self.locate(i) for i in named if i not in self.gone]
         if not places or any(p is None or p[0] == "trainer" for p in places):
             raise exc
         for role, i in places:
@@ -184,6 +204,7 @@ class Supervisor:
               f"{self.max_restarts}) and redoing its unfinished work", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         handles = self.handles(role)
+        self.gone.add(handles[i]._actor_id.hex())
         ray.kill(handles[i], no_restart=True)
         wait_names_free([name])
         new = self.start[role](i)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 
 import pytest
 
@@ -39,6 +40,10 @@ class FakeEngine:
                 samples.append(Sample(row["id"], "math", row["prompt"], [1], completion_ids=[self.counter],
                                       group_index=k, rollout_logprobs=[-1.0], policy_version=self.version,
                                       token_versions=[self.version]))
+        if self.fail == "die_after":  # the process ends once the call has returned (its reward calls still run)
+            import threading
+
+            threading.Timer(0.3, os._exit, (1,)).start()
         return [(list(range(len(rows))), reward_actors[0].score.remote(samples))]
 
     def rng_state(self):
@@ -70,6 +75,8 @@ class FakeReward:
     def score(self, samples):
         if self.fail == "die":
             os._exit(1)
+        if self.fail == "slow":
+            time.sleep(1.5)
         for s in samples:
             s.reward = float(s.completion_ids[0] % 2)
         return samples, {"reward/calls": 1.0}
@@ -152,6 +159,16 @@ def test_an_actor_dying_mid_draw_is_replaced_and_the_draw_comes_out_as_it_would_
     _kill(ray, actors)
 
 
+def test_an_engine_dying_after_its_call_returned_loses_the_reward_calls_it_owns_and_is_replaced(ray_session):
+    ray = ray_session
+    # Reward calls an engine makes are owned by it: once it dies their results cannot be fetched
+    # (OwnerDiedError, which names no actor); the supervisor finds the dead engine by asking every actor.
+    actors, _ = _rig(ray, {"rollout-0": ["die_after"], "reward-0": ["slow"]})
+    samples, _ = generate_and_score(actors, ROWS, **SAMPLING)
+    assert len(samples) == len(ROWS) * N and actors.supervisor.restarts == {"rollout": 1, "reward": 0}
+    _kill(ray, actors)
+
+
 def test_a_stalled_engine_is_killed_and_replaced(ray_session):
     ray = ray_session
     actors, _ = _rig(ray, {"rollout-0": ["stall"]}, "run.call_timeout_s=3")
@@ -217,4 +234,111 @@ def test_stalled_names_the_actors_that_did_not_answer(ray_session):
     with pytest.raises(ActorStalled) as info:
         get_within(refs, 2.0, "generation")
     assert info.value.actor_ids == [actors.rollouts[1]._actor_id.hex()]
+    _kill(ray, actors)
+
+
+# ---- the asynchronous pipeline ------------------------------------------------------------------
+
+class StreamEngine:
+    """tests/rl/test_pipeline.py's stand-in engine, with what a replacement needs; `die_at`: exit
+    the process at that collect call (rows submitted and not collected are lost with it)."""
+
+    def __init__(self, die_at: int = 0) -> None:
+        from tests.rl.test_pipeline import FakeEngine
+
+        self.engine, self.die_at, self.calls = FakeEngine(0.01), die_at, 0
+
+    def info(self):
+        return {"version": self.engine.version}
+
+    def submit(self, *args, **kwargs):
+        return self.engine.submit(*args, **kwargs)
+
+    def collect(self, timeout: float = 1.0):
+        self.calls += 1
+        if self.calls == self.die_at:
+            os._exit(1)
+        return self.engine.collect(timeout)
+
+    def set_rewards(self, rewards):
+        with self.engine.cond:
+            self.engine.queued = [(tag, rows, rewards, n) for tag, rows, _, n in self.engine.queued]
+
+    def load_weights(self, weights, version):
+        return self.engine.load_weights(weights, version)
+
+    def receive_weights(self, published, version):
+        self.engine.load_weights(None, version)
+        return {"bytes": 4.0, "fetch_seconds": 0.0, "load_seconds": 0.0}
+
+    def rng_state(self):
+        return None
+
+    def restore(self, state, version):
+        self.engine.version = version
+
+
+class StreamReward:
+    def __init__(self, die_at: int = 0) -> None:
+        from tests.rl.test_pipeline import FakeReward
+
+        self.reward, self.die_at, self.calls = FakeReward(), die_at, 0
+
+    def info(self):
+        return {}
+
+    def score(self, samples):
+        self.calls += 1
+        if self.calls == self.die_at:
+            os._exit(1)
+        return self.reward.score(samples)
+
+
+@pytest.mark.parametrize("who", ["rollout-0", "reward-0"])
+def test_an_async_run_replaces_a_dead_actor_and_scores_every_drawn_group_once(ray_session, tmp_path, monkeypatch,
+                                                                               who):
+    from data_mining.miner import Miner, StepFill
+    from rl.metrics import step_metrics
+    from rl.pipeline import run_async
+    from rl.rollout import CONCURRENCY_GROUPS
+    from tests.rl.test_pipeline import N as PER_PROMPT
+    from tests.rl.test_pipeline import FakeTrainer, Log, _config, _rows
+
+    ray = ray_session
+    drawn: list[str] = []
+    next_draw = StepFill.next_draw
+
+    def recording(self):
+        draw = next_draw(self)
+        if draw is not None:
+            drawn.extend(r["id"] for r in draw.rows)
+        return draw
+
+    monkeypatch.setattr(StepFill, "next_draw", recording)
+    cfg = _config(tmp_path, 1, 8, "rollout.num_actors=2", "reward.num_actors=1")
+    fails = {who: 6}  # the 6th call: mid-run, with rows in flight
+
+    def start(role, cls, i):
+        opts = dict(name=f"{role}-{i}", num_cpus=0)
+        wrap = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(cls) if role == "rollout" else ray.remote(cls)
+        return wrap.options(**opts).remote(fails.pop(f"{role}-{i}", 0))
+
+    starters = {"rollout": lambda i: start("rollout", StreamEngine, i),
+                "reward": lambda i: start("reward", StreamReward, i)}
+    rollouts = [starters["rollout"](i) for i in range(2)]
+    rewards = [starters["reward"](0)]
+    trainer = ray.remote(FakeTrainer).options(num_cpus=0).remote(0.02)
+    actors = Actors(rollouts, rewards, trainer)
+    actors.supervisor = Supervisor(cfg, actors, starters)
+    miner = Miner.from_config(cfg, _rows())
+    log = Log()
+    steps, _ = run_async(cfg, actors, miner, log, tmp_path, lambda *a: step_metrics(*a, 1.0), lambda *a: None)
+
+    role = who.split("-")[0]
+    assert steps == 8 and sorted(log.rows) == list(range(8))
+    assert log.rows[7][f"fault/restarts/{role}"] == 1.0 and sum(actors.supervisor.restarts.values()) == 1
+    # Every drawn prompt's group reached the ledger exactly once: none lost with the actor, none twice.
+    seen = {p: e.attempts for p, e in miner.ledger.entries.items() if e.attempts}
+    assert seen == {p: c * PER_PROMPT for p, c in Counter(drawn).items()}
+    assert not miner.in_flight
     _kill(ray, actors)
