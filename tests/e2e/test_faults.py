@@ -1,6 +1,8 @@
 """Faults during a real run (the driver in a subprocess with its own Ray, vLLM and the tiny MoE):
-a preempted run leaves a checkpoint and resumes with every step once; a reward that returns
-NaN/inf on some samples costs only those samples."""
+a preempted run (synchronous or asynchronous) leaves a checkpoint and resumes with every step once;
+an engine or reward actor killed mid-run is replaced and the run completes; a killed trainer stops
+the run naming its last checkpoint, which resumes; a reward that returns NaN/inf on some samples
+costs only those samples; non-finite losses skip their updates and, repeated, stop the run."""
 
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ def _steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_and_the_resumed_run_logs_each_step_once(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_logs_each_step_once(tiny_checkpoint, tmp_path, staleness):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 5)]
+    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 5), f"rollout.max_staleness={staleness}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
     while not _steps(run_dir) and proc.poll() is None and time.monotonic() < deadline:
@@ -98,20 +101,44 @@ def _descendant(pid: int, marker: str) -> int | None:
     return None
 
 
-@pytest.mark.slow
-def test_kill_9_of_an_engine_stops_the_run_with_its_last_checkpoint_which_resumes(tiny_checkpoint, tmp_path):
+def _kill_when(proc: subprocess.Popen, run_dir: Path, marker: str, after: Path) -> None:
+    """SIGKILL the run's process whose command line has `marker` once `after` exists."""
     import os
 
+    deadline = time.monotonic() + 900
+    while not after.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim = _descendant(proc.pid, marker)
+    assert victim is not None, f"no {marker} process under the driver"
+    os.kill(victim, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("marker,role,staleness", [("RolloutWorker", "rollout", 0), ("RewardWorker", "reward", 0),
+                                                    ("RolloutWorker", "rollout", 1)])
+def test_kill_9_of_an_engine_or_reward_actor_is_survived_with_one_restart(tiny_checkpoint, tmp_path, marker, role,
+                                                                          staleness):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 5), "run.save_every=1",
+            f"rollout.max_staleness={staleness}", "rollout.num_actors=2", "run.num_cpus=3"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _kill_when(proc, run_dir, marker, run_dir / "checkpoint-1" / "resume.json")
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert f"starting a replacement ({role} restart 1 of at most 3)" in err
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]  # every step, each once
+    assert records[-1][f"fault/restarts/{role}"] == 1.0
+    assert sum(r[f"fault/restarts/{other}"] for r in records[-1:] for other in ("rollout", "reward")) == 1.0
+    assert [r["policy_version"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_trainer_stops_the_run_with_its_last_checkpoint_which_resumes(tiny_checkpoint, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 4), "run.save_every=1"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 900
-    while not (run_dir / "checkpoint-1" / "resume.json").exists() and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.2)
-    engine = _descendant(proc.pid, "RolloutWorker")
-    assert engine is not None
-    os.kill(engine, signal.SIGKILL)
+    _kill_when(proc, run_dir, "TrainerWorker", run_dir / "checkpoint-1" / "resume.json")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 4, out[-3000:] + err[-3000:]
     assert "an actor died during the RL loop" in err
@@ -121,3 +148,36 @@ def test_kill_9_of_an_engine_stops_the_run_with_its_last_checkpoint_which_resume
     resumed = subprocess.run([*args, "run.resume=latest"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert _steps(run_dir) == [0, 1, 2, 3]  # each step once, the steps after the checkpoint redone
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_skips_updates_and_repeated_ones_stop_the_run_with_weights_untouched(tiny_checkpoint,
+                                                                                                 tmp_path):
+    from safetensors.torch import load_file
+
+    # Finite rewards so large that dr_grpo's unnormalised advantages overflow the loss or its gradient.
+    reward = tmp_path / "huge.py"
+    reward.write_text(
+        "from rewards.registry import RewardResult\n"
+        "def huge(sample):\n"
+        "    return RewardResult(3e38 if len(sample.completion_ids) % 2 else -3e38)\n"
+    )
+    run_dir = tmp_path / "run"
+    overrides = [*_overrides(tiny_checkpoint, run_dir, 5), f"reward.custom=[{reward}:huge]", "reward.routes=[math=huge]",
+                 "train.advantage=dr_grpo", "train.max_skipped_steps=2", "run.save_every=1"]
+    proc = subprocess.run([sys.executable, "run_rl.py", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 steps in a row (up to step 1) skipped their optimiser step" in proc.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["train/skipped_steps"]) for r in records] == [(0, 1.0), (1, 1.0)]
+    start = load_file(Path(tiny_checkpoint) / "model.safetensors")
+    saved = load_file(run_dir / "checkpoint-2" / "model.safetensors")
+    assert all(bool(w.isfinite().all()) for w in saved.values())
+    assert all(torch_equal(saved[k], start[k]) for k in start)  # no update reached the weights
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
