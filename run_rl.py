@@ -30,7 +30,7 @@ from rl.placement import PlacementError
 from rl.pipeline import run_async
 from rl.report import finish_run
 from rl.stop import EXIT_ACTOR_DIED, EXIT_RESUMABLE, RunStop
-from rl.supervise import ActorLost, ActorStalled
+from rl.supervise import STARTUP_TIMEOUT_S, ActorLost, ActorStalled
 
 CHECKS = {"train": check_names, "data": check_task_names, "reward": check_routes}  # names the config uses
 
@@ -41,7 +41,7 @@ def setup_run(cfg: Config, model_path: str, train_rows: list[dict]) -> tuple[Act
     start = checkpoint.resume_step(cfg)
     try:
         actors = build_actors(cfg, cfg.run.resume or model_path, RewardWorker, ref_path=model_path)
-    except (PlacementError, TransportError) as exc:  # before any actor started: nothing to wait for
+    except (PlacementError, TransportError, ActorStalled) as exc:  # nothing started, or an actor never did
         ray.shutdown()
         sys.exit(f"error: {exc}")
     miner = Miner.from_config(cfg, train_rows)
@@ -102,7 +102,7 @@ def run_steps(cfg: Config, actors: Actors, miner: Miner, log: MetricsLog, run_di
     gap_warn = cfg.rollout.logprob_gap_warn
     return run_async(  # asynchronous: generation for the coming steps overlaps training
         cfg, actors, miner, log, run_dir, deadline=deadline, start=start, stop=stop,
-        version=ray.get(actors.trainer.state.remote())["version"],
+        version=ray.get(actors.trainer.state.remote(), timeout=STARTUP_TIMEOUT_S)["version"],
         step_metrics=lambda batch, *rest: stop.observe(rest[-1], step_metrics(batch, *rest, gap_warn)),
         save=lambda state, path, step: (checkpoint.save(cfg, actors, state, path, step), miner.save(run_dir)))
 

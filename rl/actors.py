@@ -19,7 +19,7 @@ from rl.config import Config
 from rl.metrics import PhaseTimer, cores_busy
 from rl.placement import Placement, reserve, roles
 from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
-from rl.supervise import Supervisor, get_within, wait_names_free
+from rl.supervise import STARTUP_TIMEOUT_S, ActorStalled, Supervisor, get_within, owner, wait_names_free
 from rl.trainer import TrainerWorker
 from rl.types import Sample
 
@@ -132,10 +132,23 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     rollouts = [start["rollout"](i) for i in range(cfg.rollout.num_actors)]
     rewards = [start["reward"](i) for i in range(cfg.reward.num_actors)]
     trainers = start_trainers(cfg, placement, model_path, ref_path)
-    ray.get([r.info.remote() for r in rollouts + rewards] + [t.state.remote() for t in trainers])
+    _wait_started({**{f"rollout-{i}": r.info.remote() for i, r in enumerate(rollouts)},
+                   **{f"reward-{i}": r.info.remote() for i, r in enumerate(rewards)},
+                   **{f"trainer-{i}": t.state.remote() for i, t in enumerate(trainers)}})
     actors = Actors(rollouts, rewards, trainers[0], trainers, placement, transport)
     actors.supervisor = Supervisor(cfg, actors, start)
     return actors
+
+
+def _wait_started(calls: dict[str, Any]) -> None:
+    """Wait for every actor's first call (its constructor ran); `ActorStalled` naming those that did
+    not answer within STARTUP_TIMEOUT_S."""
+    refs = list(calls.values())
+    _, pending = ray.wait(refs, num_returns=len(refs), timeout=STARTUP_TIMEOUT_S)
+    if pending:
+        late = [name for name, ref in calls.items() if ref in pending]
+        raise ActorStalled([owner(r) for r in pending], STARTUP_TIMEOUT_S, f"starting {', '.join(late)}")
+    ray.get(refs)
 
 
 def start_rollout(cfg: Config, placement: Placement, i: int, model_path: str) -> Any:
@@ -216,7 +229,7 @@ def busy_meter(actors: Actors) -> Any:
     holds here that it keeps busy. Actors on other nodes are not counted."""
     node = ray.get_runtime_context().get_node_id()
     handles = [*actors.rollouts, *actors.rewards, *actors.trainers]
-    places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in handles])
+    places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in handles], timeout=STARTUP_TIMEOUT_S)
     pids = [os.getpid(), *(pid for where, pid in places if where == node)]
     logical = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
     return cores_busy(pids, min(logical, float(os.cpu_count() or 1)))

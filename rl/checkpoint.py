@@ -31,6 +31,7 @@ import torch
 
 from rl.config import Config
 from rl.routing import UnsupportedFamilyError, check_supported
+from rl.supervise import STARTUP_TIMEOUT_S
 
 TRAINER_STATE = "trainer_state.pt"
 RESUME = "resume.json"
@@ -270,13 +271,13 @@ def restore(actors: Any, data: Saveable, path: str | Path) -> int:
     checkpoint.
     """
     data.load(path)
-    version = ray.get([t.load_state.remote(str(path)) for t in actors.trainers])[0]
+    version = ray.get([t.load_state.remote(str(path)) for t in actors.trainers], timeout=STARTUP_TIMEOUT_S)[0]
     states = torch.load(Path(path) / ENGINE_RNG, weights_only=True)
     if len(states) != len(actors.rollouts):
         print(f"warning: {path} holds {len(states)} rollout engine states for {len(actors.rollouts)} engines; "
               "sampling will not repeat the interrupted run", flush=True)
     ray.get([r.restore.remote(states[i] if i < len(states) else None, version)
-             for i, r in enumerate(actors.rollouts)])
+             for i, r in enumerate(actors.rollouts)], timeout=STARTUP_TIMEOUT_S)
     if getattr(actors, "supervisor", None) is not None:
         actors.supervisor.forget_rng()
     return version

@@ -31,7 +31,7 @@ from rl.actors import busy_meter
 from rl.checkpoint import SaveSchedule
 from rl.config import Config
 from rl.metrics import PhaseTimer
-from rl.supervise import ActorStalled, owner
+from rl.supervise import ActorStalled, get_within, owner
 from rl.types import Sample
 
 PENDING = "pending_steps.pkl"  # the open steps of an asynchronous run's checkpoint
@@ -144,8 +144,6 @@ class EngineStream:
         """Calls past their timeout, and engines with rows in flight that finished none for as long."""
         if self.timeouts is None:
             return []
-        from rl.supervise import ActorStalled, owner
-
         now, limit = time.monotonic(), self.timeouts.call()
         out: list[Exception] = [ActorStalled([owner(r)], limit, "a streaming call")
                                 for r, t in self.deadline.items() if now > t]
@@ -169,7 +167,8 @@ class EngineStream:
 
     def rewards_replaced(self) -> None:
         """A reward actor was replaced: every engine sends to the new list from now on."""
-        ray.get([r.set_rewards.options(concurrency_group="stream").remote(self.rewards) for r in self.rollouts])
+        get_within([r.set_rewards.options(concurrency_group="stream").remote(self.rewards) for r in self.rollouts],
+                   self.timeouts.call(), "handing the engines the new reward actors")
 
     def _collect(self, e: int) -> None:
         ref = self.rollouts[e].collect.options(concurrency_group="stream").remote(COLLECT_TIMEOUT_S)
