@@ -6,7 +6,9 @@
   dict as a Ray object, stored once in its node's object store; every engine fetches that object
   itself (`RolloutWorker.receive_weights`, Ray pulls it once per node) and writes it in place
   (`rl.weight_sync`). The driver passes only the object's reference, never the tensors, so there is
-  no copy per engine through the driver.
+  no copy per engine through the driver. The state dict travels as numpy arrays
+  (`rl.weight_sync.to_shared`), which engines on a node read from the store's shared memory
+  without a copy of their own (torch tensors would be unpickled by each).
 - `nccl` (GPU): a broadcast over an NCCL group of rank 0 and the engines, through vLLM's
   weight-transfer engines. Not available in this build: vLLM's weight-transfer engines do not run on
   CPU and no GPU machine was at hand to test one, so choosing it stops the run at start-up.
@@ -63,7 +65,7 @@ class ObjectStoreTransport:
         from rl.supervise import get_within
 
         start = time.perf_counter()
-        ref = trainer.weights.remote()
+        ref = trainer.shared_weights.remote()
         # Stored in rank 0's object store; nothing is copied here.
         get_within([ref], timeout, "publishing the trainer's weights", fetch=False)
         published = time.perf_counter() - start

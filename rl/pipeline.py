@@ -317,7 +317,7 @@ class Pipeline:
         every engine as soon as the trainer has them (they land between two engine steps)."""
         trainer = self.actors.trainer
         done = trainer.train_step.remote(batch.train)
-        weights = trainer.weights.remote()  # queued behind the update: the new weights
+        weights = trainer.shared_weights.remote()  # queued behind the update: the new weights
         self.version += 1
         tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.train)
         limit = self.supervisor.timeouts.training(tokens) if self.supervisor else float("inf")

@@ -409,15 +409,18 @@ class RolloutWorker:
         self._label_version()
 
     def load_weights(self, weights: dict, version: int) -> float:
-        """Write Hugging Face-named weights into the engine in place; returns seconds spent.
+        """Write Hugging Face-named weights (tensors, or `rl.weight_sync.to_shared`'s form) into the
+        engine in place; returns seconds spent.
 
         While the engine streams (`submit`), the load lands between two engine steps: requests in
         flight continue under the new weights (their tokens keep the version that sampled them) or,
         with `rollout.partial=restart`, start again from their prompts.
         """
-        from rl.weight_sync import load_hf_weights
+        from rl.weight_sync import from_shared, is_shared, load_hf_weights
 
         t0 = time.perf_counter()
+        if is_shared(weights):
+            weights = from_shared(weights)
         with self._engine_lock:
             self.llm.llm_engine.apply_model(lambda model: load_hf_weights(model, weights.items()))
             self.version = version
@@ -429,8 +432,12 @@ class RolloutWorker:
     def receive_weights(self, published: list[Any], version: int) -> dict[str, float]:
         """Fetch the weights `published[0]` refers to (`rl.broadcast`) and load them; what it took:
         bytes received, seconds fetching, seconds loading."""
+        from rl.weight_sync import from_shared, is_shared
+
         t0 = time.perf_counter()
         weights = ray.get(published[0])
+        if is_shared(weights):  # views of the object store's memory: no copy (`rl.weight_sync.to_shared`)
+            weights = from_shared(weights)
         fetched = time.perf_counter() - t0
         size = float(sum(t.numel() * t.element_size() for t in weights.values()))
         return {"bytes": size, "fetch_seconds": fetched, "load_seconds": self.load_weights(weights, version)}

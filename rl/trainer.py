@@ -38,6 +38,7 @@ from rl.policy import CompletionBatch, hf_state_dict, load_policy
 from rl.routing import RoutingReplay
 from rl.scoring import PolicyScorer, chunks
 from rl.types import Sample
+from rl.weight_sync import to_shared
 
 
 def _pick(by_index: dict[int, torch.Tensor] | None, idx: list[int]) -> list[torch.Tensor] | None:
@@ -231,6 +232,10 @@ class TrainerWorker:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return hf_state_dict(self.accelerator.unwrap_model(self.model))
+
+    def shared_weights(self) -> dict[str, tuple[str, Any]]:
+        """`weights` in the form engines read from the object store without a copy (`rl.weight_sync.to_shared`)."""
+        return to_shared(self.weights())
 
     def save(self, path: str) -> str:
         """Save a normal Hugging Face checkpoint (weights + config) and, beside it, the trainer state a

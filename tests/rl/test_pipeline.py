@@ -98,6 +98,9 @@ class FakeTrainer:
     def weights(self):
         return {"w": torch.zeros(1)}
 
+    def shared_weights(self):
+        return self.weights()
+
     def state(self):
         return {"version": self.version}
 

@@ -89,7 +89,7 @@ class FakeTrainer:
     def state(self):
         return {"version": self.version}
 
-    def weights(self):
+    def shared_weights(self):
         return {"w": 1}
 
     def train_step(self, samples):
