@@ -21,6 +21,7 @@ import pytest
 
 import run_rl
 from rl.config import ConfigError, MonitorConfig, load_config
+from rl.jsonl import non_finite_floats
 from rl.metrics import MetricsLog, PhaseTimer, Progress, ray_metric, scalars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,11 +81,17 @@ def test_non_finite_values_reach_every_sink_as_such(tmp_path, monkeypatch):
     monkeypatch.setattr(ray.util.metrics, "Gauge", RecordingGauge)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     log = MetricsLog(tmp_path, 1, MonitorConfig(ray_metrics=True, tensorboard=True, progress="lines"))
-    log.log(0, {"train/loss": float("nan"), "train/grad_norm": math.inf, "reward/mean": 0.5})
+    log.log(0, {"train/loss": float("nan"), "train/grad_norm": math.inf, "reward/mean": 0.5,
+                "moe/expert_load/math/layer0": [0.5, -math.inf]})
     log.close()
 
-    record = json.loads((tmp_path / "metrics.jsonl").read_text())
-    assert math.isnan(record["train/loss"]) and record["train/grad_norm"] == math.inf
+    def strict(token):
+        raise AssertionError(f"bare {token} in metrics.jsonl")
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=strict)
+    assert (record["train/loss"], record["train/grad_norm"], record["reward/mean"]) == ("nan", "inf", 0.5)
+    assert record["moe/expert_load/math/layer0"] == [0.5, "-inf"]
+    assert math.isnan(float(record["train/loss"])) and non_finite_floats(record)["train/grad_norm"] == math.inf
     assert math.isnan(gauges["rl_train_loss"][0]) and gauges["rl_train_grad_norm"] == [math.inf]
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
