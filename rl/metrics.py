@@ -202,9 +202,10 @@ class MetricsLog:
         self, run_dir: str | Path, total_steps: int, monitor: MonitorConfig | None = None,
         domains: Collection[str] = (), start_step: int | None = None,
     ) -> None:
-        """`start_step`: a resumed run's first step; what an earlier run logged from that step on
-        (after the checkpoint it resumes from) is cut from metrics.jsonl and hidden in TensorBoard,
-        so that no step is recorded twice."""
+        """`start_step`: the run's first step (0 for a fresh start, a resumed run's checkpoint step);
+        what an earlier start in this directory logged from that step on (after the checkpoint a run
+        resumes from, or all of it for a fresh start) is cut from metrics.jsonl and hidden in
+        TensorBoard, so that no step is recorded twice. None keeps everything."""
         global _display
         run_dir = Path(run_dir)
         self.path = run_dir / "metrics.jsonl"
@@ -279,8 +280,8 @@ def truncate_metrics(path: Path, step: int) -> int:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(path)
-        print(f"{path}: dropped {dropped} record(s) of step {step} and later, logged after the checkpoint "
-              "this run resumes from", flush=True)
+        print(f"{path}: dropped {dropped} record(s) of step {step} and later, logged by an earlier start of "
+              "a run in this directory" + (" after the checkpoint this run resumes from" if step else ""), flush=True)
     return dropped
 
 

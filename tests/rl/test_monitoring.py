@@ -410,6 +410,22 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
     assert events.Scalars("reward/mean")[-1].value == pytest.approx(last["reward/mean"])
 
 
+def test_a_fresh_start_in_a_used_run_directory_drops_the_earlier_records(tmp_path, capsys):
+    # run.resume=latest after a crash before the first checkpoint starts afresh at step 0
+    monitor = MonitorConfig(ray_metrics=False, progress="lines")
+    log = MetricsLog(tmp_path, 3, monitor)
+    for step in range(2):
+        log.log(step, {"reward/mean": float(step)})
+    log.close()
+    again = MetricsLog(tmp_path, 3, monitor, start_step=0)
+    for step in range(3):
+        again.log(step, {"reward/mean": 10.0 + step})
+    again.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"]) for r in records] == [(0, 10.0), (1, 11.0), (2, 12.0)]
+    assert "dropped 2 record(s) of step 0 and later, logged by an earlier start" in capsys.readouterr().out
+
+
 def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
