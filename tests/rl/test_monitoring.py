@@ -460,6 +460,38 @@ def test_dry_run_writes_nothing_into_the_run_directory(dry_run, tmp_path):
     assert not ckpt.exists()
 
 
+@pytest.fixture
+def saved_registry():
+    from rewards.registry import REWARDS
+
+    saved = dict(REWARDS)
+    yield
+    REWARDS.clear()
+    REWARDS.update(saved)
+
+
+def test_dry_run_loads_custom_rewards_and_routes(dry_run, tmp_path, capsys, saved_registry):
+    mine = tmp_path / "my_rewards.py"
+    mine.write_text("from rewards.registry import RewardResult\n\ndef rhymes(sample):\n    return RewardResult(1.0)\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    rows = tmp_path / "poems.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"p{i}", "domain": "poetry", "prompt": "A poem."}) + "\n"
+                            for i in range(20)))
+    base = [f"model.path={tmp_path / 'ckpt'}", f"data.datasets=[{rows}]", "eval.before=false", "eval.after=false"]
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base)  # no reward scores 'poetry': every row is a bad row
+    assert "none of its 20 rows is valid (unrouted_domain 20)\n  line 1: unrouted_domain: no reward scores domain " \
+           "'poetry'" in exc.value.code
+    assert dry_run(*base, f"reward.custom=[{mine}:rhymes]", "reward.routes=[poetry=rhymes]") == 0
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base, f"reward.custom=[{broken}:rhymes]", "reward.routes=[poetry=rhymes]")
+    assert exc.value.code == 2 and "ModuleNotFoundError: No module named 'no_such_module_here'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base, f"reward.custom=[{mine}:rhymes]", "reward.routes=[poetry=rhyme]")  # a typo in the route
+    assert "route for domain 'poetry' names unknown reward(s) ['rhyme']" in capsys.readouterr().err
+
+
 def test_dry_run_catches_a_truncated_weight_file(dry_run, tiny_dir, tmp_path):
     cut = tmp_path / "cut"
     shutil.copytree(tiny_dir, cut)
