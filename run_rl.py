@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(cfg)
     actors, miner, start_step = setup_run(cfg, model_path, train_rows)
     log = MetricsLog(run_dir, cfg.run.steps, cfg.monitor, domains={r["domain"] for r in train_rows},
-                     start_step=start_step if cfg.run.resume else None)
+                     start_step=start_step)  # a fresh start (step 0) drops what an earlier start logged here
     summary: dict = {"model": model_path}
     if cfg.eval.before and cfg.run.resume:
         print("held-out evaluation before RL skipped: a resumed run's policy is no longer the starting one", flush=True)

@@ -79,13 +79,19 @@ class LoadReport:
             skipped = Counter(b.reason for b in self.bad if b.source == source)
             why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
             lines.append(f"dataset {source}: {self.rows_kept[source]} of {n} rows kept; skipped: {why}")
-            for reason in sorted(skipped):
-                first = [b for b in self.bad if b.source == source and b.reason == reason][:EXAMPLES_PER_REASON]
-                lines += [f"  line {b.line}: {reason}: {b.detail}" for b in first]
+            lines += self.examples(source)
             if self.plain_chat[source]:
                 lines.append(f"warning: {self.plain_chat[source]} messages rows of {source} rendered as plain "
                              "'role: content' lines: the tokenizer has no chat template")
         return "\n".join(lines)
+
+    def examples(self, source: str) -> list[str]:
+        """The first `EXAMPLES_PER_REASON` bad rows of `source` per reason, one indented line each."""
+        lines = []
+        for reason in sorted({b.reason for b in self.bad if b.source == source}):
+            first = [b for b in self.bad if b.source == source and b.reason == reason][:EXAMPLES_PER_REASON]
+            lines += [f"  line {b.line}: {reason}: {b.detail}" for b in first]
+        return lines
 
 
 def render_messages(messages: list[dict[str, str]], tokenizer: Any = None) -> str:
@@ -240,7 +246,8 @@ def load_dataset(
     if not rows:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(Counter(b.reason for b in report.bad
                                                                   if b.source == source).items()))
-        raise DatasetError(f"dataset {source!r}: none of its {report.rows_read[source]} rows is valid ({reasons})")
+        raise DatasetError("\n".join([f"dataset {source!r}: none of its {report.rows_read[source]} rows is valid "
+                                      f"({reasons})", *report.examples(source)]))
     return rows
 
 

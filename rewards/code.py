@@ -158,6 +158,8 @@ def _payload(program: str, test_program: str, entry_point: str | None) -> tuple[
 def _verdict(result: ExecResult, pass_token: bytes) -> tuple[bool, str]:
     if result.channel == pass_token and result.exit_code == 0:
         return True, "pass"
+    if result.oom_killed:  # before timeout: a process waiting on a child the cap killed runs into the wall limit
+        return False, "memory_limit"
     if result.timed_out or result.signal == signal.SIGXCPU:
         return False, "timeout"
     if result.output_exceeded:
@@ -172,8 +174,10 @@ def run_tests(program: str, tests, entry_point: str | None = None,
     """Run `program` then the strict form of `tests`; return (passed, outcome, sandbox result).
 
     outcome: "pass", "assertion" (a test failed), "syntax", "candidate_error" (the program raised),
-    "test_error" (a test raised something else), "exit" (SystemExit), "timeout", "output_limit",
-    "crash" (ended without a verdict: os._exit, a signal, memory). ValueError for malformed tests.
+    "test_error" (a test raised something else), "exit" (SystemExit), "memory_limit" (the kernel
+    killed a process of the run at the process tree's memory cap, a cgroup's; a single process past
+    its own cap gets a MemoryError instead), "timeout", "output_limit", "crash" (ended without a
+    verdict: os._exit, a signal). ValueError for malformed tests.
     `limits`: None = the configured `LIMITS`."""
     data, pass_token = _prepare(program, tests, entry_point)
     result = run_python(HARNESS, limits or LIMITS, data)
@@ -186,7 +190,8 @@ def _result(passed: bool, outcome: str) -> RewardResult:
         {
             "passed_tests": float(passed),
             "timeout": float(outcome == "timeout"),
-            "error": float(outcome not in ("pass", "assertion", "timeout")),
+            "memory_limit": float(outcome == "memory_limit"),
+            "error": float(outcome not in ("pass", "assertion", "timeout", "memory_limit")),
         },
         passed,
     )

@@ -1,11 +1,17 @@
-"""One reader for JSON-lines files (metrics logs, prompt datasets); imports nothing of the project."""
+"""One reader for JSON-lines files (metrics logs, prompt datasets), and the strict writer of the
+metrics log; imports nothing of the project."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# JSON (RFC 8259) has no NaN or infinities; `dumps` writes them as these strings, which `float()`
+# and `non_finite_floats` read back.
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -29,3 +35,30 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 yield lineno, exc
+
+
+def dumps(value: Any) -> str:
+    """`value` as strict JSON: a NaN or infinite float, at any depth, becomes "nan", "inf" or "-inf"
+    (Python's json would write the bare tokens NaN and Infinity, which other JSON readers reject)."""
+    return json.dumps(_strict(value), allow_nan=False)
+
+
+def non_finite_floats(value: Any) -> Any:
+    """The inverse of `dumps`'s substitution: the strings "nan", "inf" and "-inf", at any depth, as floats."""
+    if isinstance(value, str):
+        return NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: non_finite_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [non_finite_floats(v) for v in value]
+    return value
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value

@@ -11,8 +11,10 @@
 
 Only numeric values go to the Ray, TensorBoard and W&B sinks; lists (e.g. per-expert loads) stay in
 the jsonl record. A NaN or infinite value is a symptom, so every sink records it as such: the jsonl
-writes `NaN`, `Infinity` or `-Infinity` (which Python's json and pandas read back as floats), and
-the dashboards plot the value itself rather than a gap that looks like a normal step.
+stays strict JSON and writes the strings `"nan"`, `"inf"` or `"-inf"` in its place (`float()` reads
+them back; `rl.jsonl.non_finite_floats` converts a whole record), the Ray, TensorBoard and W&B sinks
+get the float itself, so the dashboards show it rather than a gap that looks like a normal step, and
+the report lists the steps where it happened.
 
 Key -> Ray metric (`ray_metric`), so that every new key exports without registration:
 
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from rl.config import MonitorConfig
+from rl.jsonl import dumps
 
 DOMAIN_KEY_PREFIX = "reward/mean/"  # `sample_metrics` writes reward/mean/<domain> for every domain seen
 _ILLEGAL = re.compile(r"[^a-zA-Z0-9_]")
@@ -199,9 +202,10 @@ class MetricsLog:
         self, run_dir: str | Path, total_steps: int, monitor: MonitorConfig | None = None,
         domains: Collection[str] = (), start_step: int | None = None,
     ) -> None:
-        """`start_step`: a resumed run's first step; what an earlier run logged from that step on
-        (after the checkpoint it resumes from) is cut from metrics.jsonl and hidden in TensorBoard,
-        so that no step is recorded twice."""
+        """`start_step`: the run's first step (0 for a fresh start, a resumed run's checkpoint step);
+        what an earlier start in this directory logged from that step on (after the checkpoint a run
+        resumes from, or all of it for a fresh start) is cut from metrics.jsonl and hidden in
+        TensorBoard, so that no step is recorded twice. None keeps everything."""
         global _display
         run_dir = Path(run_dir)
         self.path = run_dir / "metrics.jsonl"
@@ -230,7 +234,7 @@ class MetricsLog:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, "wall_time": round(time.time() - self.start, 3), **metrics}
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(dumps(record) + "\n")
         self._file.flush()
         values = scalars(metrics)
         if self._ray is not None:
@@ -276,8 +280,8 @@ def truncate_metrics(path: Path, step: int) -> int:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(path)
-        print(f"{path}: dropped {dropped} record(s) of step {step} and later, logged after the checkpoint "
-              "this run resumes from", flush=True)
+        print(f"{path}: dropped {dropped} record(s) of step {step} and later, logged by an earlier start of "
+              "a run in this directory" + (" after the checkpoint this run resumes from" if step else ""), flush=True)
     return dropped
 
 

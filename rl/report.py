@@ -32,7 +32,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rl.jsonl import iter_jsonl
+from rl.jsonl import iter_jsonl, non_finite_floats
 
 DPI = 120
 PARITY_BAR = 1e-4  # trainer-vs-rollout log-prob gap below which the two engines count as matching
@@ -101,10 +101,12 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
 
 
 def load_metrics(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Read ``metrics.jsonl``; raise ReportError naming the file when it is missing or has no records."""
+    """Read ``metrics.jsonl`` (its "nan", "inf" and "-inf" strings as floats); raise ReportError
+    naming the file when it is missing or has no records."""
     if not path.is_file():
         raise ReportError(f"metrics file not found: {path}")
     rows, skipped = read_jsonl(path)
+    rows = [non_finite_floats(row) for row in rows]
     if not rows:
         detail = f" ({len(skipped)} malformed lines skipped)" if skipped else ""
         raise ReportError(f"metrics file has no records: {path}{detail}")
@@ -131,6 +133,18 @@ def to_columns(rows: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np.nda
         values[~np.isfinite(values)] = np.nan  # inf would wreck autoscaling and log axes
         columns[key] = values
     return steps, columns
+
+
+def non_finite_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """A note naming each metric that was NaN or infinite and at which steps: the plots leave such
+    values out, so the note is where they show."""
+    steps: dict[str, list[Any]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if _is_number(value) and not math.isfinite(value):
+                steps.setdefault(key, []).append(row.get("step"))
+    return [f"`{key}` was NaN or infinite at steps {_line_list(at)} (left out of the plots)."
+            for key, at in sorted(steps.items())]
 
 
 def load_summary(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -173,6 +187,7 @@ def load_run(run_dir: str | Path) -> Run:
     rows, skipped = load_metrics(metrics_path)
     notes = [f"`{metrics_path.name}`: skipped malformed lines {_line_list(skipped)}."] if skipped else []
     rows = by_step(rows)
+    notes += non_finite_notes(rows)
     steps, columns = to_columns(rows)
     summary = load_summary(run_dir / "summary.json", notes)
     ledger = load_ledger(run_dir, notes)

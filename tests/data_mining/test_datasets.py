@@ -99,8 +99,9 @@ def test_empty_or_all_bad_dataset_stops_naming_the_file(tmp_path):
     with pytest.raises(DatasetError, match=f"dataset '{empty}' is empty"):
         load_datasets([str(empty)])
     bad = write_jsonl(tmp_path / "bad.jsonl", [line for line, _ in BAD[:3]])
-    with pytest.raises(DatasetError, match=f"dataset '{bad}': none of its 3 rows is valid .*missing_field 1, not_an_object 2"):
+    with pytest.raises(DatasetError, match=f"dataset '{bad}': none of its 3 rows is valid .*missing_field 1, not_an_object 2") as exc:
         load_datasets([str(bad)])
+    assert len([line for line in str(exc.value).splitlines() if line.startswith("  line ")]) == 3  # with examples
     with pytest.raises(DatasetError, match="does not exist"):
         load_datasets([str(tmp_path / "nope.jsonl")])
     with pytest.raises(DatasetError, match="unknown format"):

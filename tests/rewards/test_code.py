@@ -13,7 +13,7 @@ from data_mining.tasks import code_task, iter_code_tasks
 from rewards.code import build_test_program, code_reward, extract_program, run_tests
 from rewards.pool import score_samples
 from rewards.registry import DEFAULT_DOMAIN_REWARDS, batch_limit, score_sample
-from rewards.sandbox import Limits, SandboxPool
+from rewards.sandbox import ExecResult, Limits, SandboxPool, cgroup_layout, isolation_report
 from rl.config import RewardConfig, SandboxConfig
 from rl.types import Sample
 
@@ -167,11 +167,11 @@ def test_code_reward_scores_and_components(monkeypatch):
     results = code_reward([good, sample("def f(x): return x"), sample("while True: pass"),
                            sample("def f(x): return x+3", tests="assert (")])
     assert [r.score for r in results] == [1.0, 0.0, 0.0, 0.0]
-    assert results[0].components == {"passed_tests": 1.0, "timeout": 0.0, "error": 0.0}
+    assert results[0].components == {"passed_tests": 1.0, "timeout": 0.0, "memory_limit": 0.0, "error": 0.0}
     assert results[0].passed is True and results[1].passed is False
-    assert results[1].components == {"passed_tests": 0.0, "timeout": 0.0, "error": 0.0}
-    assert results[2].components == {"passed_tests": 0.0, "timeout": 1.0, "error": 0.0}
-    assert results[3].components == {"passed_tests": 0.0, "timeout": 0.0, "error": 1.0}  # bad row, in a batch
+    assert results[1].components == {"passed_tests": 0.0, "timeout": 0.0, "memory_limit": 0.0, "error": 0.0}
+    assert results[2].components == {"passed_tests": 0.0, "timeout": 1.0, "memory_limit": 0.0, "error": 0.0}
+    assert results[3].components == {"passed_tests": 0.0, "timeout": 0.0, "memory_limit": 0.0, "error": 1.0}  # bad row, in a batch
     with pytest.raises(ValueError, match="do not parse"):
         code_reward([sample("def f(x): return x+3", tests="assert (")])  # alone: the error surfaces
     assert DEFAULT_DOMAIN_REWARDS["code"] == [("code", 1.0)]
@@ -296,3 +296,37 @@ def test_the_reward_config_sets_the_sandbox_limits_and_settings():
     finally:
         setup_rewards(RewardConfig(), load_models=False)
     assert code.LIMITS == Limits() and default_pool().workers == len(os.sched_getaffinity(0))
+
+
+# The child holds 200 MiB (under the per-process cap), the parent 100 MiB and then waits for the
+# child's answer on a pipe whose write end it still holds: when the 256 MiB tree cap kills the
+# child, the parent waits until the wall limit, as a program on multiprocessing would.
+CHILD_KILLED_AT_THE_TREE_CAP = """
+import os
+def f(x):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        block = b"x" * (200 << 20)
+        os.write(w, b"done")
+        os._exit(0)
+    block = b"y" * (100 << 20)
+    return os.read(r, 4) and x + 3
+"""
+
+
+@pytest.mark.skipif(cgroup_layout() is None, reason=f"no writable cgroups here: {isolation_report()['cgroup_detail']}")
+def test_a_child_killed_at_the_memory_cap_is_out_of_memory_not_a_timeout(monkeypatch):
+    limits = Limits(wall_s=2.0, cpu_s=2.0, memory_bytes=256 << 20)
+    passed, outcome, result = run_tests(CHILD_KILLED_AT_THE_TREE_CAP, ASSERTS, limits=limits)
+    assert (passed, outcome) == (False, "memory_limit") and result.oom_killed and result.timed_out, result
+    monkeypatch.setattr(code, "LIMITS", limits)
+    components = code_reward([sample(CHILD_KILLED_AT_THE_TREE_CAP)])[0].components
+    assert components == {"passed_tests": 0.0, "timeout": 0.0, "memory_limit": 1.0, "error": 0.0}
+
+
+def test_the_memory_cap_outranks_the_wall_limit_in_the_verdict():
+    token = b"PASS nonce"
+    assert code._verdict(ExecResult(None, timed_out=True, oom_killed=True), token) == (False, "memory_limit")
+    assert code._verdict(ExecResult(None, signal=9, oom_killed=True), token) == (False, "memory_limit")
+    assert code._verdict(ExecResult(None, timed_out=True), token) == (False, "timeout")
+    assert code._verdict(ExecResult(0, channel=token, oom_killed=True), token) == (True, "pass")

@@ -21,6 +21,7 @@ import pytest
 
 import run_rl
 from rl.config import ConfigError, MonitorConfig, load_config
+from rl.jsonl import non_finite_floats
 from rl.metrics import MetricsLog, PhaseTimer, Progress, ray_metric, scalars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,11 +81,17 @@ def test_non_finite_values_reach_every_sink_as_such(tmp_path, monkeypatch):
     monkeypatch.setattr(ray.util.metrics, "Gauge", RecordingGauge)
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     log = MetricsLog(tmp_path, 1, MonitorConfig(ray_metrics=True, tensorboard=True, progress="lines"))
-    log.log(0, {"train/loss": float("nan"), "train/grad_norm": math.inf, "reward/mean": 0.5})
+    log.log(0, {"train/loss": float("nan"), "train/grad_norm": math.inf, "reward/mean": 0.5,
+                "moe/expert_load/math/layer0": [0.5, -math.inf]})
     log.close()
 
-    record = json.loads((tmp_path / "metrics.jsonl").read_text())
-    assert math.isnan(record["train/loss"]) and record["train/grad_norm"] == math.inf
+    def strict(token):
+        raise AssertionError(f"bare {token} in metrics.jsonl")
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=strict)
+    assert (record["train/loss"], record["train/grad_norm"], record["reward/mean"]) == ("nan", "inf", 0.5)
+    assert record["moe/expert_load/math/layer0"] == [0.5, "-inf"]
+    assert math.isnan(float(record["train/loss"])) and non_finite_floats(record)["train/grad_norm"] == math.inf
     assert math.isnan(gauges["rl_train_loss"][0]) and gauges["rl_train_grad_norm"] == [math.inf]
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
@@ -403,6 +410,22 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
     assert events.Scalars("reward/mean")[-1].value == pytest.approx(last["reward/mean"])
 
 
+def test_a_fresh_start_in_a_used_run_directory_drops_the_earlier_records(tmp_path, capsys):
+    # run.resume=latest after a crash before the first checkpoint starts afresh at step 0
+    monitor = MonitorConfig(ray_metrics=False, progress="lines")
+    log = MetricsLog(tmp_path, 3, monitor)
+    for step in range(2):
+        log.log(step, {"reward/mean": float(step)})
+    log.close()
+    again = MetricsLog(tmp_path, 3, monitor, start_step=0)
+    for step in range(3):
+        again.log(step, {"reward/mean": 10.0 + step})
+    again.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"]) for r in records] == [(0, 10.0), (1, 11.0), (2, 12.0)]
+    assert "dropped 2 record(s) of step 0 and later, logged by an earlier start" in capsys.readouterr().out
+
+
 def test_a_resumed_log_drops_the_steps_after_its_checkpoint(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -435,6 +458,38 @@ def test_dry_run_writes_nothing_into_the_run_directory(dry_run, tmp_path):
     assert [p.name for p in run.iterdir()] == ["config.yaml"]
     assert (run / "config.yaml").read_text() == "the run's own config\n"
     assert not ckpt.exists()
+
+
+@pytest.fixture
+def saved_registry():
+    from rewards.registry import REWARDS
+
+    saved = dict(REWARDS)
+    yield
+    REWARDS.clear()
+    REWARDS.update(saved)
+
+
+def test_dry_run_loads_custom_rewards_and_routes(dry_run, tmp_path, capsys, saved_registry):
+    mine = tmp_path / "my_rewards.py"
+    mine.write_text("from rewards.registry import RewardResult\n\ndef rhymes(sample):\n    return RewardResult(1.0)\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    rows = tmp_path / "poems.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"p{i}", "domain": "poetry", "prompt": "A poem."}) + "\n"
+                            for i in range(20)))
+    base = [f"model.path={tmp_path / 'ckpt'}", f"data.datasets=[{rows}]", "eval.before=false", "eval.after=false"]
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base)  # no reward scores 'poetry': every row is a bad row
+    assert "none of its 20 rows is valid (unrouted_domain 20)\n  line 1: unrouted_domain: no reward scores domain " \
+           "'poetry'" in exc.value.code
+    assert dry_run(*base, f"reward.custom=[{mine}:rhymes]", "reward.routes=[poetry=rhymes]") == 0
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base, f"reward.custom=[{broken}:rhymes]", "reward.routes=[poetry=rhymes]")
+    assert exc.value.code == 2 and "ModuleNotFoundError: No module named 'no_such_module_here'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        dry_run(*base, f"reward.custom=[{mine}:rhymes]", "reward.routes=[poetry=rhyme]")  # a typo in the route
+    assert "route for domain 'poetry' names unknown reward(s) ['rhyme']" in capsys.readouterr().err
 
 
 def test_dry_run_catches_a_truncated_weight_file(dry_run, tiny_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from rl.config import MonitorConfig
 from rl.report import ReportError, ReportWarning, by_step, moving_average, write_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,3 +229,18 @@ def test_report_survives_a_key_logged_on_few_steps(tmp_path):
             f.write(json.dumps(record) + "\n")
     out = write_report(tmp_path)
     assert (out.parent / "training.png").stat().st_size > 0
+
+
+def test_non_finite_metrics_are_read_back_and_named_in_the_notes(tmp_path):
+    from rl.metrics import MetricsLog
+    from rl.report import load_run
+
+    log = MetricsLog(tmp_path, 4, MonitorConfig(ray_metrics=False, progress="lines"))
+    for step, loss in enumerate([0.5, float("nan"), math.inf, 0.25]):
+        log.log(step, {"reward/mean": 0.5, "train/loss": loss})
+    log.close()
+    run = load_run(tmp_path)
+    assert np.isnan(run.columns["train/loss"][1:3]).all() and run.columns["train/loss"][3] == 0.25
+    assert run.rows[2]["train/loss"] == math.inf
+    assert run.notes == ["`train/loss` was NaN or infinite at steps 1, 2 (left out of the plots)."]
+    assert "`train/loss` was NaN or infinite at steps 1, 2" in write_report(tmp_path).read_text()
