@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rl.jsonl import non_finite_floats  # noqa: E402  (metrics.jsonl writes NaN as "nan")
 
 # name -> overrides; the first is the reference (the default config). With one optimiser step per
 # batch (the default) the importance ratio is exactly 1, so every policy loss reduces to the same
@@ -53,7 +56,7 @@ def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: l
     if not (run_dir / "summary.json").exists():
         return {"error": f"exit {code} before writing a summary"}
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [non_finite_floats(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     tail = rows[-max(1, len(rows) // 5):]
     summary["train_reward_tail"] = sum(r.get("reward/mean", 0.0) for r in tail) / len(tail)
     return summary

@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rl.jsonl import non_finite_floats  # noqa: E402  (metrics.jsonl writes NaN as "nan")
+
 # Pipeline runs: rollout.max_staleness and extra overrides. `sync_alone` scores after generating
 # (reward.overlap=false), so its generate phase measures the engines inside the pipeline alone, as
 # the bare engine benchmark does; on 2 cores the overlapped code sandbox otherwise takes CPU from them.
@@ -79,7 +81,7 @@ def run_pipeline(name: str, args: argparse.Namespace, out: Path) -> dict:
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=ENV)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [non_finite_floats(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     engines = load_cfg(args.overrides).rollout.num_actors
     res = summarize_steps(rows, sync_key="time/sync" if k == 0 else "time/weight_sync_engine", engines=engines)
     res["wall_seconds"] = time.perf_counter() - t0

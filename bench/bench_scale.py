@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rl.jsonl import non_finite_floats  # noqa: E402  (metrics.jsonl writes NaN as "nan")
 SMALL = ["data.tasks=[arithmetic]", "data.task_weights=[1]", "data.max_digits=1", "data.train_prompts=256",
          "data.heldout_prompts=8", "train.prompts_per_step=8", "rollout.samples_per_prompt=4",
          "rollout.max_new_tokens=8", "train.drop_zero_variance_groups=false", "eval.before=false",
@@ -42,7 +45,7 @@ def run_layout(engines: int, trainers: int, args: argparse.Namespace) -> dict[st
     code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
     if code:
         raise SystemExit(f"error: the run with {engines} engines and {trainers} trainers exited {code}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [non_finite_floats(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = records[1:]
     per_engine = [s[f"sync/seconds/engine{i}"] for s in steps for i in range(engines)]
     return {"sync_s_per_engine": statistics.median(per_engine),
