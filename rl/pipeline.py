@@ -51,6 +51,7 @@ class EngineStream:
         self.next_tag = 0
         self.parts: dict[int, list[list[int]]] = {}  # tag -> per engine, the draw's row indices it got
         self.rows: dict[int, list[dict[str, Any]]] = {}  # tag -> the rows submitted under it
+        self.n: dict[int, int] = {}  # tag -> completions per row
         self.load = [0] * len(self.rollouts)  # rows in flight per engine
         self.pending: list[set[tuple[int, int]]] = [set() for _ in self.rollouts]  # (tag, local row) not sent to scoring
         self.collecting: dict[Any, int] = {}  # collect call in flight -> engine
@@ -75,13 +76,13 @@ class EngineStream:
                     self.progress[e] = time.monotonic()
                 self.load[e] += len(idx)
                 self.pending[e].update((tag, local) for local in range(len(idx)))
-        self.parts[tag], self.rows[tag] = parts, rows
+        self.parts[tag], self.rows[tag], self.n[tag] = parts, rows, n
         self.ensure_collecting()
         return tag
 
     def forget(self, tag: int) -> None:
         """Every group of draw `tag` is back: drop its bookkeeping."""
-        del self.parts[tag], self.rows[tag]
+        del self.parts[tag], self.rows[tag], self.n[tag]
 
     def wait(self, timeout: float, others: list[Any]) -> tuple[list[tuple[int, int, list[Sample]]], dict, list,
                                                                 list[Exception], list[tuple[int, dict]]]:
@@ -148,8 +149,12 @@ class EngineStream:
         out: list[Exception] = [ActorStalled([owner(r)], limit, "a streaming call")
                                 for r, t in self.deadline.items() if now > t]
         for e in range(len(self.rollouts)):
-            if self.pending[e] and now - self.progress[e] > limit:
-                out.append(ActorStalled([self.rollouts[e]._actor_id.hex()], limit, "generation (no request finished)"))
+            if not self.pending[e]:
+                continue
+            wait = self.timeouts.engine_progress(sum(self.n[tag] for tag, _ in self.pending[e]),
+                                                 self.sampling["max_new_tokens"])
+            if now - self.progress[e] > wait:
+                out.append(ActorStalled([self.rollouts[e]._actor_id.hex()], wait, "generation (no request finished)"))
         return out
 
     def engine_replaced(self, e: int) -> list[tuple[int, dict]]:

@@ -83,6 +83,10 @@ class Timeouts:
         tokens = math.ceil(rows / self.engines) * n * max_new_tokens
         return self.fixed or BASE_TIMEOUT_S + tokens / MIN_TOKENS_PER_S + self.scoring(rows * n)
 
+    def engine_progress(self, completions: int, max_new_tokens: int) -> float:
+        """How long an engine with `completions` requests in flight may go without finishing one."""
+        return self.fixed or BASE_TIMEOUT_S + completions * max_new_tokens / MIN_TOKENS_PER_S
+
     def scoring(self, samples: int) -> float:
         """Scoring `samples` over the reward actors: at worst every reward call runs to reward.timeout_s in turn."""
         return self.fixed or BASE_TIMEOUT_S + math.ceil(samples / self.rewards) * self.reward_call_s

@@ -240,13 +240,14 @@ def test_stalled_names_the_actors_that_did_not_answer(ray_session):
 # ---- the asynchronous pipeline ------------------------------------------------------------------
 
 class StreamEngine:
-    """tests/rl/test_pipeline.py's stand-in engine, with what a replacement needs; `die_at`: exit
-    the process at that collect call (rows submitted and not collected are lost with it)."""
+    """tests/rl/test_pipeline.py's stand-in engine, with what a replacement needs; `fail` = (mode, n):
+    at its n-th collect call, exit the process ("die") or never answer ("stall"); the rows submitted
+    and not collected are lost with it."""
 
-    def __init__(self, die_at: int = 0) -> None:
+    def __init__(self, fail: tuple[str, int] = ("", 0)) -> None:
         from tests.rl.test_pipeline import FakeEngine
 
-        self.engine, self.die_at, self.calls = FakeEngine(0.01), die_at, 0
+        self.engine, (self.mode, self.fail_at), self.calls = FakeEngine(0.01), fail, 0
 
     def info(self):
         return {"version": self.engine.version}
@@ -256,8 +257,8 @@ class StreamEngine:
 
     def collect(self, timeout: float = 1.0):
         self.calls += 1
-        if self.calls == self.die_at:
-            os._exit(1)
+        if self.calls == self.fail_at:
+            os._exit(1) if self.mode == "die" else time.sleep(3600)
         return self.engine.collect(timeout)
 
     def set_rewards(self, rewards):
@@ -279,24 +280,25 @@ class StreamEngine:
 
 
 class StreamReward:
-    def __init__(self, die_at: int = 0) -> None:
+    def __init__(self, fail: tuple[str, int] = ("", 0)) -> None:
         from tests.rl.test_pipeline import FakeReward
 
-        self.reward, self.die_at, self.calls = FakeReward(), die_at, 0
+        self.reward, (self.mode, self.fail_at), self.calls = FakeReward(), fail, 0
 
     def info(self):
         return {}
 
     def score(self, samples):
         self.calls += 1
-        if self.calls == self.die_at:
-            os._exit(1)
+        if self.calls == self.fail_at:
+            os._exit(1) if self.mode == "die" else time.sleep(3600)
         return self.reward.score(samples)
 
 
-@pytest.mark.parametrize("who", ["rollout-0", "reward-0"])
-def test_an_async_run_replaces_a_dead_actor_and_scores_every_drawn_group_once(ray_session, tmp_path, monkeypatch,
-                                                                               who):
+@pytest.mark.parametrize("who,mode", [("rollout-0", "die"), ("reward-0", "die"), ("rollout-1", "stall"),
+                                      ("reward-0", "stall")])
+def test_an_async_run_replaces_a_dead_or_stalled_actor_and_scores_every_drawn_group_once(
+        ray_session, tmp_path, monkeypatch, who, mode):
     from data_mining.miner import Miner, StepFill
     from rl.metrics import step_metrics
     from rl.pipeline import run_async
@@ -315,13 +317,13 @@ def test_an_async_run_replaces_a_dead_actor_and_scores_every_drawn_group_once(ra
         return draw
 
     monkeypatch.setattr(StepFill, "next_draw", recording)
-    cfg = _config(tmp_path, 1, 8, "rollout.num_actors=2", "reward.num_actors=1")
-    fails = {who: 6}  # the 6th call: mid-run, with rows in flight
+    cfg = _config(tmp_path, 1, 8, "rollout.num_actors=2", "reward.num_actors=1", "run.call_timeout_s=3")
+    fails = {who: (mode, 6)}  # the 6th call: mid-run, with rows in flight
 
     def start(role, cls, i):
         opts = dict(name=f"{role}-{i}", num_cpus=0)
         wrap = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(cls) if role == "rollout" else ray.remote(cls)
-        return wrap.options(**opts).remote(fails.pop(f"{role}-{i}", 0))
+        return wrap.options(**opts).remote(fails.pop(f"{role}-{i}", ("", 0)))
 
     starters = {"rollout": lambda i: start("rollout", StreamEngine, i),
                 "reward": lambda i: start("reward", StreamReward, i)}
