@@ -61,7 +61,7 @@ class Frontier:
         self.generators, self.cfg = generators, cfg
         self.knobs: dict[str, float] = {}
         self.generated: list[dict[str, Any]] = []  # every generated row, in order (a resume re-adds them)
-        self.dry: set[str] = set()  # domains whose generator found nothing new at its frontier: not asked again
+        self.dry: set[str] = set()  # domains whose generator found nothing new at or above its frontier: not asked again
 
     def steer(self, ledger: Ledger, starts: dict[str, float]) -> None:
         """Every generator's knob to its domain's frontier (`starts`: the knob before any level is measured)."""
@@ -71,15 +71,22 @@ class Frontier:
 
     def refill(self, domain: str, seen: set[str]) -> list[dict[str, Any]]:
         """New rows for `domain` at its knob (none without a generator, past refill_max_prompts, or
-        once a refill found nothing new)."""
+        once a refill found nothing new). A level with nothing new left (every one of its prompts
+        already in the pool: a small family's easy levels) hands its share to the next level up, so a
+        knob between an exhausted level and a fresh one still refills in full."""
         gen = self.generators.get(domain)
         room = self.cfg.refill_max_prompts - len(self.generated)
         if gen is None or room <= 0 or domain in self.dry:
             return []
-        x = self.knobs[domain]
-        rows: list[dict[str, Any]] = []
-        for level, n in split_levels(x, min(self.cfg.refill_prompts, room)).items():
-            rows += [asdict(row) for row in gen.make(level, n, seen)]
+        shares = split_levels(self.knobs[domain], min(self.cfg.refill_prompts, room))
+        taken, rows, short = set(seen), [], 0
+        level = min(shares)
+        while level <= gen.max_level and (level in shares or short):
+            made = gen.make(level, shares.get(level, 0) + short, taken)
+            short = shares.get(level, 0) + short - len(made)
+            taken.update(row.id for row in made)
+            rows += [asdict(row) for row in made]
+            level += 1
         self.generated += rows
         if not rows:
             self.dry.add(domain)

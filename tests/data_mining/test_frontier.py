@@ -52,6 +52,28 @@ def test_generator_makes_new_train_prompts_at_the_level_asked():
     assert 0 < len(first) < 30 and code.make(1, 5, {r.id for r in first}, max_misses=200) == []
 
 
+def test_an_exhausted_level_hands_its_share_of_a_refill_to_the_next_level_up():
+    from data_mining.frontier import Frontier
+
+    gen = TaskGenerator("arithmetic", seed=0, max_level=4)
+    level_one = {r.id for r in gen.make(1, 10_000, set())}  # every one-digit prompt: level 1 is used up
+    frontier = Frontier({"math": gen}, MiningConfig(refill_prompts=40))
+    frontier.knobs["math"] = 1.25  # 30 prompts asked of level 1, 10 of level 2
+    rows = frontier.refill("math", level_one)
+    assert len(rows) == 40 and {r["difficulty"] for r in rows} == {2}
+    assert len({r["id"] for r in rows}) == 40 and not {r["id"] for r in rows} & level_one
+    assert "math" not in frontier.dry
+    # Nothing new at or above the knob: the domain is dry and not asked again.
+    small = TaskGenerator("code", seed=0, max_level=3)
+    everything: set[str] = set()
+    for level in (1, 2, 3):
+        while made := small.make(level, 10_000, everything):
+            everything.update(r.id for r in made)
+    code = Frontier({"code": small}, MiningConfig(refill_prompts=8))
+    code.knobs["code"] = 1.0
+    assert code.refill("code", everything) == [] and "code" in code.dry
+
+
 def level_miner(cfg: MiningConfig, seed: int = 0) -> Miner:
     """A small arithmetic pool at levels 1-2 (mostly solved by the LevelPolicy) with a generator up to 6."""
     train, _ = make_split(40, 4, seed=seed, max_digits=2)
