@@ -509,9 +509,11 @@ class MiningConfig:
         default=0.9, metadata={"help": "a prompt whose posterior mean pass rate is >= this is solved", "min": 0}
     )
     decay: float = field(
-        default=0.5,
+        default=1.0,
         metadata={"help": "share of a prompt's earlier evidence kept at each new group of it, on top of the version "
-                          "discount (the policy moves most on the prompts it trains on); 1 = versions only", "min": 0},
+                          "discount (the policy moves most on the prompts it trains on); 1 = versions only. Below 1 "
+                          "the evidence of a prompt is capped at samples_per_prompt / (1 - decay) attempts, which "
+                          "the prior can keep from ever parking it", "min": 0},
     )
     evidence_half_life: float = field(
         default=50.0,

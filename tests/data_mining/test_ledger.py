@@ -224,3 +224,22 @@ def test_a_sample_with_a_non_finite_reward_never_counts_as_a_pass():
     ledger = Ledger()
     ledger.record_samples([sample(float("inf")), sample(float("nan")), sample(1.0), sample(1.0)], step=0)
     assert (ledger.entries["p"].attempts, ledger.entries["p"].successes) == (4, 2)
+
+
+@pytest.mark.parametrize("prior_pass", [0.02, 0.3])
+def test_with_the_default_config_a_prompt_always_solved_is_parked_whatever_its_prior(prior_pass):
+    """Evidence that keeps coming must be able to outweigh the prior: with the default settings, a
+    prompt solved by every completion of group after group ends up solved (and drawn rarely), even
+    in a domain whose fresh prompts are nearly never solved."""
+    from rl.config import MiningConfig
+
+    cfg = MiningConfig()
+    ledger = Ledger(cfg.too_hard_max, cfg.solved_min, cfg.evidence_half_life, cfg.prior_strength,
+                    cfg.park_min_evidence, cfg.decay)
+    for i in range(200):  # the domain's fresh prompts: a pass rate of `prior_pass`
+        ledger.record(f"fresh{i}", "math", 8, round(8 * prior_pass) if i % 2 else 0, step=0, version=0)
+    for version in range(1, 40):
+        ledger.record("easy", "math", 8, 8, step=version, version=version)
+    e = ledger.entries["easy"]
+    assert e.band == "solved", (ledger.mean(e), ledger.posterior(e))
+    assert ledger.useful(e, 8) < 0.35  # a group of 8 with variance is now unlikely under the posterior
