@@ -196,18 +196,22 @@ def token_gaps(logprobs: Tensor, rollout_logprobs: Tensor, lengths: list[int]) -
 
 
 def split_by_version(gaps: list[Tensor], samples: list[Sample], version: int) -> tuple[list[Tensor], Tensor]:
-    """The log-prob gaps of tokens sampled by policy `version` (the trainer's weights before this
-    update: there the gap measures the engine/trainer mismatch), and those of every older token
-    concatenated (there it also measures how far the policy moved since they were sampled).
+    """The log-prob gaps of the samples sampled entirely by policy `version` (the trainer's weights
+    before this update: there the gap measures the engine/trainer mismatch), and those of every
+    other token concatenated (there it also measures how far the policy moved since they were
+    sampled).
 
+    A sample continued across a weight load (`rollout.partial=continue`) counts wholly as other:
+    even its tokens sampled by `version` attend over keys and values that its prompt and earlier
+    tokens got from the older weights, which the trainer's recomputation does not reproduce.
     A sample without per-token versions counts as sampled by its `policy_version` throughout.
     """
     current, stale = [], []
     for gap, s in zip(gaps, samples):
         versions = torch.tensor(s.token_versions if s.token_versions else [s.policy_version] * gap.numel())
-        on = versions[: gap.numel()] == version
-        current.append(gap[on])
-        stale.append(gap[~on])
+        whole = bool((versions[: gap.numel()] == version).all())
+        current.append(gap if whole else gap[:0])
+        stale.append(gap[:0] if whole else gap)
     return current, torch.cat(stale) if stale else torch.zeros(0)
 
 

@@ -187,15 +187,17 @@ def test_tis_weights_are_capped_ratios_to_the_rollout_policy():
     assert torch.allclose(algos.truncated_is_weights(old, roll, 2.0), torch.tensor([[float(torch.exp(torch.tensor(0.1))), 2.0]]))
 
 
-def test_split_by_version_separates_the_current_policy_tokens():
+def test_split_by_version_separates_the_samples_the_current_policy_sampled_whole():
     from rl.objective import split_by_version
 
-    gaps = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5])]
-    samples = [Sample("a", "math", "", [1], token_versions=[2, 3, 3], policy_version=2),
-               Sample("b", "math", "", [1], policy_version=3)]
+    gaps = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5]), torch.tensor([0.6, 0.7])]
+    samples = [Sample("a", "math", "", [1], token_versions=[2, 3, 3], policy_version=2),  # continued across a load
+               Sample("b", "math", "", [1], policy_version=3),
+               Sample("c", "math", "", [1], token_versions=[3, 3], policy_version=3)]
     current, stale = split_by_version(gaps, samples, version=3)
-    assert [c.tolist() for c in current] == [pytest.approx([0.2, 0.3]), pytest.approx([0.4, 0.5])]
-    assert stale.tolist() == pytest.approx([0.1])
+    # Sample a's version-3 tokens attend over keys and values of version 2: not a parity measurement.
+    assert [c.tolist() for c in current] == [[], pytest.approx([0.4, 0.5]), pytest.approx([0.6, 0.7])]
+    assert stale.tolist() == pytest.approx([0.1, 0.2, 0.3])
 
 
 def test_non_finite_names_what_is_not_finite():
