@@ -38,17 +38,18 @@ def _steps(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_logs_each_step_once(tiny_checkpoint, tmp_path, staleness):
-    run_dir = tmp_path / "run"
-    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, 5), f"rollout.max_staleness={staleness}"]
+    run_dir, steps = tmp_path / "run", 10  # enough steps left after the first that the signal lands mid-run
+    args = [sys.executable, "run_rl.py", *_overrides(tiny_checkpoint, run_dir, steps),
+            f"rollout.max_staleness={staleness}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
     while not _steps(run_dir) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)  # during step 1 at the latest: the run has 5
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # as soon as step 0 is logged
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 75, out[-3000:] + err[-3000:]
     stopped_at = len(_steps(run_dir))
-    assert 1 <= stopped_at < 5
+    assert 1 <= stopped_at < steps
     ckpt = run_dir / f"checkpoint-{stopped_at}"
     assert json.loads((ckpt / "resume.json").read_text())["step"] == stopped_at
     assert f"checkpoint written to {ckpt}" in out and "run.resume=latest" in out
@@ -57,9 +58,9 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_logs_each_step_once(tin
     resumed = subprocess.run([*args, "run.resume=latest"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"newest complete checkpoint is {ckpt}" in resumed.stdout
-    assert _steps(run_dir) == [0, 1, 2, 3, 4]
+    assert _steps(run_dir) == list(range(steps))
     versions = [json.loads(line)["policy_version"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert versions == [1.0, 2.0, 3.0, 4.0, 5.0]  # the resumed trainer continued from the checkpoint
+    assert versions == [float(v) for v in range(1, steps + 1)]  # the resumed trainer continued from the checkpoint
 
 
 @pytest.mark.slow
