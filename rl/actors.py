@@ -200,8 +200,7 @@ def train(actors: Actors, samples: list[Sample]) -> dict[str, float]:
     refs = [t.train_step.remote(batch) for t in actors.trainers]
     if actors.supervisor is None:
         return ray.get(refs)[0]
-    tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
-    return get_within(refs, actors.supervisor.timeouts.training(tokens), "a trainer's update")[0]
+    return get_within(refs, actors.supervisor.timeouts.training(samples), "a trainer's update")[0]
 
 
 def stop_actors(actors: Actors, timeout_s: float = 30.0) -> None:

@@ -220,9 +220,7 @@ def save(cfg: Config, actors: Any, data: Saveable, path: Path, step: int) -> Non
         from rl.supervise import get_within
 
         get_within([actors.trainer.save.remote(str(tmp))], supervisor.timeouts.call() * 6, "writing a checkpoint")
-        rng = supervisor.redo(lambda: get_within([r.rng_state.remote() for r in actors.rollouts],
-                                                 supervisor.timeouts.call(), "reading the engines' sampler state"),
-                              draw=False)
+        rng = supervisor.redo(supervisor.sampler_states, draw=False)
     torch.save(rng, tmp / ENGINE_RNG)
     for f in Path(cfg.model.path).iterdir():  # tokenizer files travel with the weights
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":

@@ -324,8 +324,7 @@ class Pipeline:
         done = trainer.train_step.remote(batch.train)
         weights = trainer.shared_weights.remote()  # queued behind the update: the new weights
         self.version += 1
-        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in batch.train)
-        limit = self.supervisor.timeouts.training(tokens) if self.supervisor else float("inf")
+        limit = self.supervisor.timeouts.training(batch.train) if self.supervisor else float("inf")
         until = time.monotonic() + limit
         load_limit = limit + (self.supervisor.timeouts.call() if self.supervisor else 0.0)  # queued behind the update
         for e, engine in enumerate(self.actors.rollouts):

@@ -91,8 +91,9 @@ class Timeouts:
         """Scoring `samples` over the reward actors: at worst every reward call runs to reward.timeout_s in turn."""
         return self.fixed or BASE_TIMEOUT_S + math.ceil(samples / self.rewards) * self.reward_call_s
 
-    def training(self, tokens: int) -> float:
-        """One update on a batch of `tokens` prompt and completion tokens."""
+    def training(self, samples: list[Any]) -> float:
+        """One update on `samples` (its work: their prompt and completion tokens)."""
+        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
         return self.fixed or BASE_TIMEOUT_S + tokens / MIN_TRAIN_TOKENS_PER_S
 
     def call(self) -> float:
@@ -131,10 +132,14 @@ class Supervisor:
         """Replacements so far, per role (running totals)."""
         return {f"fault/restarts/{role}": float(n) for role, n in self.restarts.items()}
 
+    def sampler_states(self) -> list[Any]:
+        """Every engine's sampler state (`RolloutWorker.rng_state`), in engine order."""
+        return get_within([r.rng_state.remote() for r in self.actors.rollouts], self.timeouts.call(),
+                          "reading the engines' sampler state")
+
     def snapshot(self) -> None:
         """Remember every engine's sampler state (what a redone draw starts from)."""
-        self.rng = get_within([r.rng_state.remote() for r in self.actors.rollouts], self.timeouts.call(),
-                              "reading the engines' sampler state")
+        self.rng = self.sampler_states()
 
     def forget_rng(self) -> None:
         """The engines' sampler state changed outside a draw (a checkpoint was restored)."""

@@ -117,3 +117,14 @@ def family_checkpoints(tmp_path_factory) -> dict[str, str]:
             return self[family]
 
     return Lazy()
+
+
+@pytest.fixture
+def restore_registry():
+    """The reward registry back as the test found it (for tests that register rewards)."""
+    from rewards.registry import REWARDS
+
+    saved = dict(REWARDS)
+    yield
+    REWARDS.clear()
+    REWARDS.update(saved)

@@ -2,12 +2,7 @@
 
 import pytest
 
-from rewards.registry import REWARDS
-
 
 @pytest.fixture(autouse=True)
-def restore_registry():
-    saved = dict(REWARDS)
+def _every_test_restores_the_registry(restore_registry):
     yield
-    REWARDS.clear()
-    REWARDS.update(saved)

@@ -73,14 +73,6 @@ def test_failing_reward_scores_zero_and_is_counted(capsys):
         registry.DEFAULT_DOMAIN_REWARDS.pop("broken", None)
 
 
-@pytest.fixture
-def registry_snapshot():
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
-
-
 def test_parse_route():
     assert parse_route(" math = math, format:0.1") == ("math", [("math", 1.0), ("format", 0.1)])
     assert parse_route("x=a:-0.5") == ("x", [("a", -0.5)])
@@ -90,7 +82,7 @@ def test_parse_route():
             parse_route(bad)
 
 
-def test_resolve_routes_lays_given_routes_over_builtins(registry_snapshot):
+def test_resolve_routes_lays_given_routes_over_builtins():
     table = resolve_routes()
     assert table["math"] == [("math", 1.0)] and table["instruction"] == [("instruction", 1.0)]
     # A built-in route to a reward nobody registered (no reward model configured) is left out.
@@ -102,7 +94,7 @@ def test_resolve_routes_lays_given_routes_over_builtins(registry_snapshot):
         resolve_routes(["math=math,nope"])
 
 
-def test_weights_combine_and_inapplicable_rewards_are_skipped(registry_snapshot):
+def test_weights_combine_and_inapplicable_rewards_are_skipped():
     reward("t_half")(lambda s: RewardResult(0.5, {"n": 2.0}, passed=True))
     reward("t_none")(lambda s: None)
     routes = {"math": [("math", 1.0), ("t_half", -0.2), ("t_none", 5.0)]}
@@ -114,7 +106,7 @@ def test_weights_combine_and_inapplicable_rewards_are_skipped(registry_snapshot)
         score_sample(_sample("42"), {"math": [("t_none", 1.0)]})
 
 
-def test_score_sample_calls_async_and_batched_rewards(registry_snapshot):
+def test_score_sample_calls_async_and_batched_rewards():
     @reward("t_async")
     async def later(sample):
         await asyncio.sleep(0)

@@ -460,17 +460,7 @@ def test_dry_run_writes_nothing_into_the_run_directory(dry_run, tmp_path):
     assert not ckpt.exists()
 
 
-@pytest.fixture
-def saved_registry():
-    from rewards.registry import REWARDS
-
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
-
-
-def test_dry_run_loads_custom_rewards_and_routes(dry_run, tmp_path, capsys, saved_registry):
+def test_dry_run_loads_custom_rewards_and_routes(dry_run, tmp_path, capsys, restore_registry):
     mine = tmp_path / "my_rewards.py"
     mine.write_text("from rewards.registry import RewardResult\n\ndef rhymes(sample):\n    return RewardResult(1.0)\n")
     broken = tmp_path / "broken.py"

@@ -220,9 +220,10 @@ def test_timeouts_follow_the_work_unless_fixed():
     # 64 prompts over 2 engines x 8 completions x 24 tokens at 20 tokens/s, plus scoring 512 samples
     # over 2 reward actors at 10 s each in turn.
     assert t.generation(64, 8, 24) == pytest.approx(BASE_TIMEOUT_S + 32 * 8 * 24 / 20 + BASE_TIMEOUT_S + 256 * 10)
-    assert t.training(5000) == pytest.approx(BASE_TIMEOUT_S + 100) and t.call() == BASE_TIMEOUT_S
+    batch = [Sample("p", "math", "", [1] * 60, completion_ids=[2] * 40) for _ in range(50)]  # 5000 tokens
+    assert t.training(batch) == pytest.approx(BASE_TIMEOUT_S + 100) and t.call() == BASE_TIMEOUT_S
     fixed = Timeouts(load_config(None, ["run.call_timeout_s=7"]))
-    assert fixed.generation(64, 8, 24) == fixed.scoring(10) == fixed.training(1) == fixed.call() == 7
+    assert fixed.generation(64, 8, 24) == fixed.scoring(10) == fixed.training(batch) == fixed.call() == 7
 
 
 def test_stalled_names_the_actors_that_did_not_answer(ray_session):
