@@ -75,6 +75,19 @@ def useful_probability(a: Any, b: Any, group: int) -> Any:
     return np.maximum(out, 0.0) if isinstance(out, np.ndarray) else max(0.0, out)
 
 
+def thompson_pick(a: np.ndarray, b: np.ndarray, factor: np.ndarray, group: int, k: int, seed: int) -> list[int]:
+    """Indices of the k prompts to draw by Thompson sampling on usefulness: each prompt's pass rate
+    is sampled from its Beta(a, b), scored by the chance 1 - p^G - (1 - p)^G that a group at that
+    rate has reward variance, times its `factor`; the k best scores win (ties: the earlier index).
+    A prompt known to sit near 0.5 scores near 1 every time; an uncertain one now and then (it is
+    explored in proportion to the chance that it is useful); one known to sit near 0 or 1 rarely."""
+    if k <= 0 or len(a) == 0:
+        return []
+    p = np.random.default_rng(seed).beta(a, b)
+    score = (1.0 - p**group - (1.0 - p) ** group) * factor
+    return np.argsort(-score, kind="stable")[:k].tolist()
+
+
 @dataclass
 class LedgerEntry:
     prompt_id: str

@@ -45,7 +45,7 @@ import numpy as np
 
 from data_mining.filters import filter_groups
 from data_mining.frontier import Frontier
-from data_mining.ledger import BANDS, PARKED, Ledger, useful_probability
+from data_mining.ledger import BANDS, PARKED, Ledger, thompson_pick, useful_probability
 from data_mining.sampler import EpochSampler, rng_state, set_rng_state
 from data_mining.sampler import weighted_sample
 from data_mining.tasks import TASK_DOMAINS, TaskGenerator
@@ -183,10 +183,12 @@ class Miner:
 
     def refill(self) -> dict[str, float]:
         """Domains whose supply of useful groups (`supply`) fell below their reserve
-        (learnable_reserve x prompts_per_step x the domain's share) or whose drawn groups had reward
-        variance less often than refill_keep_rate of late, and every domain after a short step, get
-        generated prompts at their frontier (the ledger lags a policy that learns its prompts); a domain below its reserve that nothing can
-        refill is reported exhausted (a metric each step, a warning once)."""
+        (learnable_reserve x prompts_per_step x the domain's share), and, while a domain holds fewer
+        than refill_prompts unseen prompts, one whose drawn groups had reward variance less often
+        than refill_keep_rate of late or any domain after a short step (the ledger lags a policy that
+        learns its prompts), get generated prompts at their frontier; unseen prompts already waiting
+        are tried before more are made. A domain below its reserve that nothing can refill is
+        reported exhausted (a metric each step, a warning once)."""
         if not self.cfg.enabled:
             return {}
         supply = self.supply()
@@ -194,10 +196,12 @@ class Miner:
         metrics: dict[str, float] = {}
         self.frontier.steer(self.ledger, {d: max(self.ledger.entries[p].difficulty for p in ids)
                                           for d, ids in self.by_domain.items()})
-        for d, share in self.domain_shares().items():
+        unseen = Counter(e.domain for e in self.ledger.entries.values() if e.band == "unseen")
+        for d, share in self.domain_shares(skip_exhausted=False).items():
             reserve = self.cfg.learnable_reserve * self.prompts_per_step * share
             metrics[f"mining/supply/{d}"] = supply[d]
-            if supply[d] >= reserve and not self.starved and self.domain_keep.get(d, 1.0) >= self.cfg.refill_keep_rate:
+            lagging = self.starved or self.domain_keep.get(d, 1.0) < self.cfg.refill_keep_rate
+            if supply[d] >= reserve and not (lagging and unseen[d] < self.cfg.refill_prompts):
                 continue
             rows = self.frontier.refill(d, set(self.rows)) if self.cfg.refill else []
             self._add_rows(rows)
@@ -206,8 +210,9 @@ class Miner:
             if metrics[f"mining/exhausted/{d}"] and d not in self.warned:
                 self.warned.add(d)
                 print(f"warning: mining: domain {d!r} is down to {supply[d]:.1f} expected useful groups in its "
-                      f"learnable and unseen prompts (reserve {reserve:.0f}) and nothing can generate more; its share falls toward mining.domain_floor "
-                      "and its parked prompts come back only through re-mining", file=sys.stderr, flush=True)
+                      f"learnable and unseen prompts (reserve {reserve:.0f}) and nothing can generate more; its share falls to "
+                      "mining.domain_floor, to none below one expected useful group, and its parked prompts come back only "
+                      "through re-mining", file=sys.stderr, flush=True)
         metrics.update({f"mining/frontier/{d}": x for d, x in self.frontier.knobs.items()})
         self.starved = False
         return metrics
@@ -227,32 +232,57 @@ class Miner:
 
     # --- drawing -------------------------------------------------------------------------------
 
-    def domain_shares(self) -> dict[str, float]:
+    def domain_shares(self, skip_exhausted: bool = True) -> dict[str, float]:
+        """Each domain's share of a draw (module docstring). Adaptive mixing leaves out a domain with
+        less than one expected useful group in its learnable and unseen prompts while another domain
+        has more (`skip_exhausted`): its groups would come back uniform and teach nothing, and
+        re-mining still re-estimates its parked prompts as the policy moves."""
         domains = sorted(self.by_domain)
         if self.cfg.domain_mixing == "fixed":
             raw = {d: self.fixed_weights.get(d, 1.0) for d in domains}
             total = sum(raw.values())
             return {d: (w / total if total > 0 else 1.0 / len(domains)) for d, w in raw.items()}
+        if skip_exhausted:
+            supply = self.supply()
+            live = [d for d in domains if supply[d] >= 1.0] or domains
+        else:
+            live = domains
         score = {}
-        for d in domains:
+        for d in live:
             entries = [self.ledger.entries[p] for p in self.by_domain[d]]
             open_share = sum(e.band in ("learnable", "unseen") for e in entries) / len(entries)
             a, b = self.ledger.posteriors([e for e in entries if e.attempts or e.evidence], None)
             rates = (a / (a + b)).tolist()
             score[d] = open_share * (1.0 - (sum(rates) / len(rates) if rates else 0.5))
-        floor = self.cfg.domain_floor if self.cfg.domain_floor * len(domains) < 1 else 1.0 / len(domains)
+        floor = self.cfg.domain_floor if self.cfg.domain_floor * len(live) < 1 else 1.0 / len(live)
         total = sum(score.values())
-        return {d: floor + (1 - floor * len(domains)) * (score[d] / total if total > 0 else 1.0 / len(domains))
-                for d in domains}
+        return {d: floor + (1 - floor * len(live)) * (score[d] / total if total > 0 else 1.0 / len(live))
+                if d in score else 0.0 for d in domains}
+
+    def _posterior_factors(self, pids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each prompt's Beta posterior (a, b) at the current policy version, and its draw factor: its
+        base weight, times parked_draw_weight when parked."""
+        entries = [self.ledger.entries[p] for p in pids]
+        a, b = self.ledger.posteriors(entries, self.version)
+        factor = [self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
+                  for p, e in zip(pids, entries)]
+        return a, b, np.asarray(factor, dtype=float)
 
     def _draw_weights(self, pids: list[str]) -> list[float]:
         """Each prompt's chance of a group with reward variance now (its evidence discounted to the
-        current policy version), times its base weight, times parked_draw_weight when parked."""
-        entries = [self.ledger.entries[p] for p in pids]
-        useful = useful_probability(*self.ledger.posteriors(entries, self.version), self.samples_per_prompt)
-        factor = [self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
-                  for p, e in zip(pids, entries)]
-        return (useful * np.asarray(factor, dtype=float)).tolist()
+        current policy version), times its draw factor (`_posterior_factors`)."""
+        a, b, factor = self._posterior_factors(pids)
+        return (useful_probability(a, b, self.samples_per_prompt) * factor).tolist()
+
+    def _pick(self, candidates: list[tuple[str, float]], k: int) -> list[str]:
+        """k of `candidates` ((prompt, draw weight) pairs): by `mining.draw` (see `thompson_pick`)."""
+        if k <= 0:
+            return []
+        if self.cfg.draw == "weighted":
+            return weighted_sample(self.rng, candidates, k)
+        pids = [p for p, _ in candidates]
+        a, b, factor = self._posterior_factors(pids)
+        return [pids[i] for i in thompson_pick(a, b, factor, self.samples_per_prompt, k, self.rng.getrandbits(64))]
 
     def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
         """Scored samples into the ledger; the policy version they reached becomes the current one."""
@@ -291,7 +321,7 @@ class Miner:
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
         quotas = self._quotas(n, {d: len(c) for d, c in candidates.items()})
-        picked = [p for d in sorted(quotas) for p in weighted_sample(self.rng, candidates[d], quotas[d])]
+        picked = [p for d in sorted(quotas) for p in self._pick(candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
 
     def _quotas(self, n: int, caps: dict[str, int]) -> dict[str, int]:

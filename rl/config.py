@@ -529,6 +529,13 @@ class MiningConfig:
         default=10.0,
         metadata={"help": "discounted attempts a prompt needs before it is parked as too_hard or solved", "min": 0},
     )
+    draw: Literal["thompson", "weighted"] = field(
+        default="thompson",
+        metadata={"help": "how a step's prompts are picked from their usefulness under the posterior: thompson = "
+                          "a pass rate sampled from each prompt's Beta, the prompts whose sample gives the best "
+                          "chance of a group with reward variance (explores uncertain prompts, exploits known "
+                          "ones); weighted = drawn in proportion to that chance under the whole posterior"},
+    )
     parked_draw_weight: float = field(
         default=0.05,
         metadata={"help": "factor on a parked prompt's draw weight (its chance of a group with reward variance): "

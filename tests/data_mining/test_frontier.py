@@ -132,5 +132,9 @@ def test_a_domain_whose_groups_rarely_vary_is_refilled():
     miner = level_miner(MiningConfig(enabled=True, refill_prompts=8, learnable_reserve=0.0))  # never short of supply
     assert "mining/refill/math" not in miner.refill()
     miner.domain_keep["math"] = 0.3  # of late, 30% of its drawn groups had reward variance
+    # Its 40 unseen prompts are tried first: making more would only add to what is not yet tried.
+    assert "mining/refill/math" not in miner.refill() and not miner.frontier.generated
+    miner.record(LevelPolicy(CURVE)(list(miner.rows.values()), GROUP), step=0)  # every prompt tried once
     assert miner.refill()["mining/refill/math"] == 8 and len(miner.frontier.generated) == 8
-    assert miner.refill()["mining/exhausted/math"] == 0.0
+    # The 8 new ones wait unseen now, a refill's worth: none more until they are tried.
+    assert "mining/refill/math" not in miner.refill() and len(miner.frontier.generated) == 8
