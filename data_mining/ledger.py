@@ -9,9 +9,12 @@ pool toward 0.5), with `prior_strength` pseudo-attempts:
     a = k m + s_e,   b = k (1 - m) + f_e                  posterior Beta(a, b), k = prior_strength
 
 where s_e and f_e are the prompt's successes and failures, each discounted by the policy versions
-passed since it was gathered and by the prompt's groups recorded since: evidence `dv` versions and
-`k` groups old weighs 0.5 ** (dv / half_life) * decay ** k, so what an older policy did fades as
-the policy moves, fastest on the prompts it trains on. A success is a completion that `passed` (the
+passed since it was gathered and by the prompt's groups with reward variance recorded since (the
+groups the update trains on; a uniform group has zero advantage and leaves the policy where it
+was on that prompt): evidence `dv` versions and `k` such groups old weighs
+0.5 ** (dv / half_life) * decay ** k, so what an older policy did fades as the policy moves,
+fastest on the prompts it trains on, while a prompt that keeps coming back uniform piles up the
+evidence that parks it. A success is a completion that `passed` (the
 reward's own pass threshold), so a group of G completions is a Binomial(G, p) draw and the Beta is
 its conjugate prior; a partial score without a pass counts as a failure.
 
@@ -215,7 +218,9 @@ class Ledger:
         self.add(prompt_id, domain)
         e = self.entries[prompt_id]
         old, first = e.band, e.attempts == 0
-        f = self.decay * self.discount(version - e.policy_version) if e.policy_version >= 0 else 1.0
+        f = self.discount(version - e.policy_version) if e.policy_version >= 0 else 1.0
+        if 0 < successes < attempts:  # a group with reward variance: the update trains on this prompt
+            f *= self.decay
         e.attempts += attempts
         e.successes += successes
         e.evidence_successes = f * e.evidence_successes + successes

@@ -6,12 +6,16 @@ miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it fou
 * offline pass: before RL, k samples per train prompt estimate its pass rate with the starting
   policy; prompts outside the learnable band (too_hard_max, solved_min) are parked;
 * online dynamic sampling (DAPO, Yu et al. 2025, arXiv:2503.14476, made durable by the ledger):
-  each step draws prompts weighted by their chance of a group with reward variance under the
-  ledger's posterior (`Ledger.useful`: both the estimate and its uncertainty count, so unseen and
-  stale prompts get explored; parked ones count `parked_draw_weight` as much, rarely but never
-  never), drops zero-variance groups, and draws again until the batch is full or the draw budget
-  (`overdraw_budget` x prompts_per_step prompts) is spent; then it trains on what it has and
-  records the short batch, never aborting;
+  each step draws prompts by their chance of a group with reward variance under the ledger's
+  posterior: by default Thompson sampling (`thompson_pick`: a pass rate sampled from each prompt's
+  Beta, the best chances win, so prompts known to sit near 0.5 are exploited and uncertain ones
+  explored in proportion to their chance of being useful), or in proportion to that chance under
+  the whole posterior (`mining.draw: weighted`, `Ledger.useful`); parked prompts count
+  `parked_draw_weight` as much, rarely but never never. Each draw is sized to fill the step with
+  probability `draw_confidence` at the recent keep rate (`draw_size`); zero-variance groups are
+  dropped, and it draws again until the batch is full or the draw budget (`overdraw_budget` x
+  prompts_per_step prompts) is spent; then it trains on what it has and records the short batch,
+  never aborting;
 * re-mining (`remine_count`, `overdue`): each step, parked prompts whose evidence the policy has
   outgrown (versions since their last evidence, their domain's pass-rate drift) are re-estimated,
   most overdue first, with a share of the step's rollouts that grows as the learnable pool
@@ -22,7 +26,9 @@ miner keeps a per-prompt pass-rate ledger (`data_mining.ledger`) and uses it fou
 * domain quotas: each draw is split across domains by share_d = floor + (1 - D floor) s_d / sum s,
   s_d = (learnable + unseen share of domain d) x (1 - mean pass rate of d), i.e. toward domains
   with more prompts left to learn and more headroom, never below the floor (the see-saw problem);
-  or by fixed weights.
+  a domain with less than one expected useful group left (every prompt solved or out of reach,
+  nothing to refill it) gets no share while another has more: its parked prompts come back
+  through re-mining only. Or by fixed weights.
 
 With mining disabled it is the plain baseline: shuffled epochs (`EpochSampler`), one draw of
 prompts_per_step prompts, zero-variance groups dropped; the ledger and metrics are kept either way.
@@ -37,6 +43,7 @@ import math
 import random
 import sys
 from collections import Counter
+from statistics import NormalDist
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -91,6 +98,23 @@ def apportion(n: int, shares: dict[str, float], caps: dict[str, int]) -> dict[st
         best = max(open_, key=lambda d: shares[d] / (2 * alloc[d] + 1))
         alloc[best] += 1
     return alloc
+
+
+def draw_size(need: int, keep: float, confidence: float) -> int:
+    """Prompts to draw for `need` more useful groups when each drawn group has reward variance with
+    probability `keep`: the least n whose useful groups, Binomial(n, keep), reach `need` with
+    probability about `confidence` (normal approximation with continuity correction:
+    n keep - z sqrt(n keep (1 - keep)) >= need - 1/2, z the confidence's standard normal quantile).
+    0.5 gives need / keep; more draws up front what
+    would otherwise take another, smaller round of generation."""
+    if need <= 0:
+        return 0
+    if confidence <= 0.5:
+        return math.ceil(need / keep)
+    z = NormalDist().inv_cdf(min(confidence, 0.999))
+    root = z * math.sqrt(1.0 - keep)
+    x = (root + math.sqrt(root * root + 4.0 * (need - 0.5))) / 2.0  # x = sqrt(n keep); continuity-corrected
+    return math.ceil(x * x / keep - 1e-9)
 
 
 def remine_count(supply: float, reserve: float, step_rollouts: int, cfg: MiningConfig) -> int:
@@ -401,7 +425,7 @@ class StepFill:
 
     When parked prompts are overdue, the first draw re-estimates them (`Draw.remine`; its groups
     with reward variance train too when it samples samples_per_prompt). Then each draw asks for the
-    prompts still missing, scaled up by the recent keep rate, by usefulness weight (mining on) or
+    prompts still missing, scaled up by the recent keep rate (`draw_size`), by usefulness (mining on) or
     the next shuffled prompts (mining off, one draw); `add` records every group in the ledger and
     keeps the groups with reward variance. The draws stop at
     `prompts_per_step` useful groups or at the draw budget, and `finish` returns what there is.
@@ -441,7 +465,8 @@ class StepFill:
         if need <= 0:  # what is in flight should fill the step
             return None
         if cfg.enabled:
-            rows = miner.draw(min(math.ceil(need / max(miner.keep_rate, 0.25)), self.budget - len(self.drawn)),
+            size = draw_size(need, max(miner.keep_rate, 0.25), cfg.draw_confidence)
+            rows = miner.draw(min(size, self.budget - len(self.drawn)),
                               self.drawn | self.remined)
         else:
             rows = miner.sampler.next(need)

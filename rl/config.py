@@ -510,10 +510,10 @@ class MiningConfig:
     )
     decay: float = field(
         default=1.0,
-        metadata={"help": "share of a prompt's earlier evidence kept at each new group of it, on top of the version "
-                          "discount (the policy moves most on the prompts it trains on); 1 = versions only. Below 1 "
-                          "the evidence of a prompt is capped at samples_per_prompt / (1 - decay) attempts, which "
-                          "the prior can keep from ever parking it", "min": 0},
+        metadata={"help": "share of a prompt's earlier evidence kept at each new group of it with reward variance "
+                          "(one the update trains on: the policy moves most on the prompts it trains on), on top of "
+                          "the version discount; uniform groups keep it all, so a prompt that stays solved or out "
+                          "of reach is parked; 1 = versions only", "min": 0},
     )
     evidence_half_life: float = field(
         default=50.0,
@@ -594,6 +594,13 @@ class MiningConfig:
     refill_max_prompts: int = field(
         default=20000, metadata={"help": "most prompts generated in a whole run", "min": 0}
     )
+    draw_confidence: float = field(
+        default=0.5,
+        metadata={"help": "each draw is sized so that, at the recent share of drawn groups with reward variance, it "
+                          "fills the step with this probability: above 0.5, one larger round of generation instead of "
+                          "a second small one (the surplus useful groups train too), but the larger draw reaches "
+                          "further down the ranking; 0.5 = the expected need only", "min": 0.5},
+    )
     overdraw_budget: float = field(
         default=4.0,
         metadata={"help": "most prompts drawn in one step, as a multiple of train.prompts_per_step; past it the "
@@ -618,7 +625,7 @@ class MiningConfig:
                 f"got {self.solved_min}"
             )
         for key in ("decay", "domain_floor", "parked_draw_weight", "remine_min_share", "remine_max_share",
-                    "refill_keep_rate"):
+                    "refill_keep_rate", "draw_confidence"):
             if getattr(self, key) > 1:
                 raise ConfigError(f"config key 'mining.{key}' must be <= 1, got {getattr(self, key)}")
         if self.remine_min_share > self.remine_max_share:

@@ -50,6 +50,22 @@ def test_posterior_update_discount_and_bands():
     assert ledger.band_counts()[("solved", "math")] == 1 and ledger.band_counts()[("unseen", "math")] == 0
 
 
+def test_decay_discounts_evidence_at_the_groups_the_update_trains_on_only():
+    ledger = Ledger(too_hard_max=0.1, solved_min=0.9, half_life=0, prior_strength=2, min_evidence=12, decay=0.5)
+    ledger.record("a", "math", 8, 4, step=0, version=0)
+    e = ledger.entries["a"]
+    # A second group with variance: the policy trained on the first, whose evidence now weighs half.
+    ledger.record("a", "math", 8, 6, step=1, version=1)
+    assert (e.evidence_successes, e.evidence_failures) == (2 + 6, 2 + 2)
+    # Uniform groups leave the policy where it was on this prompt: they keep everything and add up,
+    # so a prompt that has become solved is parked once there is enough evidence.
+    assert ledger.record("a", "math", 8, 8, step=2, version=2) == ("learnable", "learnable")
+    assert (e.evidence_successes, e.evidence_failures) == (16, 4)
+    for step in range(3, 7):  # the 4 failures left never fade (half_life 0): 48 passes outweigh them
+        ledger.record("a", "math", 8, 8, step=step, version=step)
+    assert (e.evidence_successes, e.evidence_failures) == (48, 4) and e.band == "solved"
+
+
 def test_prior_comes_from_the_domain_and_its_difficulty_level():
     ledger = Ledger(min_evidence=8)
     for i in range(4):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import replace
 
 import pytest
 
 from data_mining.ledger import Ledger, export
-from data_mining.miner import Miner, apportion, overdue, remine_count
+from data_mining.miner import Miner, apportion, draw_size, overdue, remine_count
 from rl.config import MiningConfig
 from rl.types import Sample
 from tests.data_mining.scripted import GROUP, PER_STEP, ScriptedPolicy, pool, run
@@ -159,6 +160,18 @@ def test_band_metrics_per_domain_and_domain_floor():
     assert 0.2 <= miner.domain_shares(skip_exhausted=False)["code"] < 0.25
     fixed = replace(miner.cfg, domain_mixing="fixed", domain_weights=("math=3", "code=1"))
     assert Miner(rows + code, fixed, PER_STEP, GROUP).domain_shares() == {"code": 0.25, "math": 0.75}
+
+
+@pytest.mark.parametrize("need,keep", [(32, 0.5), (32, 0.8), (10, 0.3), (5, 0.9)])
+def test_draw_size_fills_the_step_with_the_asked_probability(need, keep):
+    def fills(n: int) -> float:  # P(Binomial(n, keep) >= need), exactly
+        return sum(math.comb(n, i) * keep**i * (1 - keep) ** (n - i) for i in range(need, n + 1))
+
+    assert draw_size(need, keep, 0.5) == math.ceil(need / keep)
+    n = draw_size(need, keep, 0.9)
+    assert n > math.ceil(need / keep) and fills(n) >= 0.88 and fills(n - 1) < 0.92  # about the least such n
+    assert draw_size(need, keep, 0.99) > n
+    assert draw_size(need, 1.0, 0.9) == need and draw_size(0, keep, 0.9) == 0
 
 
 def test_apportion_follows_shares_and_caps():
