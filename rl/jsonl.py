@@ -37,10 +37,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, exc
 
 
-def dumps(value: Any) -> str:
+def dumps(value: Any, indent: int | None = None) -> str:
     """`value` as strict JSON: a NaN or infinite float, at any depth, becomes "nan", "inf" or "-inf"
     (Python's json would write the bare tokens NaN and Infinity, which other JSON readers reject)."""
-    return json.dumps(_strict(value), allow_nan=False)
+    return json.dumps(_strict(value), allow_nan=False, indent=indent)
 
 
 def non_finite_floats(value: Any) -> Any:

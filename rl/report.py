@@ -32,7 +32,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from rl.jsonl import iter_jsonl, non_finite_floats
+from rl.jsonl import dumps, iter_jsonl, non_finite_floats
 
 DPI = 120
 PARITY_BAR = 1e-4  # trainer-vs-rollout log-prob gap below which the two engines count as matching
@@ -147,12 +147,18 @@ def non_finite_notes(rows: list[dict[str, Any]]) -> list[str]:
             for key, at in sorted(steps.items())]
 
 
+def save_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` as strict JSON (a non-finite number as "nan", "inf" or "-inf", which
+    `load_summary` reads back as floats)."""
+    path.write_text(dumps(summary, indent=2))
+
+
 def load_summary(path: Path, notes: list[str]) -> dict[str, Any]:
     """Read ``summary.json`` if present; a broken one is noted, not fatal."""
     if not path.is_file():
         return {}
     try:
-        summary = json.loads(path.read_text())
+        summary = non_finite_floats(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
         warnings.warn(f"{path}: unreadable ({err.msg} at line {err.lineno}); ignored", ReportWarning, stacklevel=2)
         notes.append(f"`{path.name}` is not valid JSON (line {err.lineno}); held-out results omitted.")
@@ -738,7 +744,7 @@ def finish_run(cfg: Any, actors: Any, miner: Any, run_dir: Path, heldout_rows: l
         summary["heldout_after"] = evaluate(actors, heldout_rows, cfg)
     summary["final_checkpoint"] = str(final)
     miner.save(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_summary(run_dir / "summary.json", summary)
     print(f"held-out sampled pass rate: before {format_rates(summary.get('heldout_before'))} -> after "
           f"{format_rates(summary.get('heldout_after'))}; checkpoint {final}", flush=True)
     try:  # everything is saved by now; a plotting failure must not fail the run

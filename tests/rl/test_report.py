@@ -244,3 +244,21 @@ def test_non_finite_metrics_are_read_back_and_named_in_the_notes(tmp_path):
     assert run.rows[2]["train/loss"] == math.inf
     assert run.notes == ["`train/loss` was NaN or infinite at steps 1, 2 (left out of the plots)."]
     assert "`train/loss` was NaN or infinite at steps 1, 2" in write_report(tmp_path).read_text()
+
+
+def test_summary_is_written_as_strict_json_and_read_back_with_its_non_finite_numbers(tmp_path):
+    from rl.report import load_summary, save_summary
+
+    summary = {"steps": 3, "heldout_after": {"pass_rate": float("nan"), "pass_rate/math": 0.5},
+               "mining": {"rollouts_per_useful_group": float("inf")}}
+    path = tmp_path / "summary.json"
+    save_summary(path, summary)
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"bare {token} in summary.json")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)  # no NaN / Infinity tokens
+    assert strict["heldout_after"]["pass_rate"] == "nan" and strict["mining"]["rollouts_per_useful_group"] == "inf"
+    back = load_summary(path, notes=[])
+    assert math.isnan(back["heldout_after"]["pass_rate"]) and back["heldout_after"]["pass_rate/math"] == 0.5
+    assert back["mining"]["rollouts_per_useful_group"] == math.inf and back["steps"] == 3
