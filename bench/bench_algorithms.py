@@ -55,7 +55,7 @@ def run_variant(name: str, overrides: list[str], steps: int, out: Path, extra: l
     code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
     if not (run_dir / "summary.json").exists():
         return {"error": f"exit {code} before writing a summary"}
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = non_finite_floats(json.loads((run_dir / "summary.json").read_text()))
     rows = [non_finite_floats(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     tail = rows[-max(1, len(rows) // 5):]
     summary["train_reward_tail"] = sum(r.get("reward/mean", 0.0) for r in tail) / len(tail)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from data_mining.miner import Miner  # noqa: E402
 from data_mining.tasks import make_task_split  # noqa: E402
 from rl.config import Config, load_config  # noqa: E402
+from rl.jsonl import non_finite_floats  # noqa: E402  (summary.json writes NaN as "nan")
 from rl.types import Sample  # noqa: E402
 
 PREVIOUS = "f6d5f97"  # the last commit with the decayed-pass-rate ledger
@@ -195,7 +196,7 @@ def run_mode(mining: bool, budget_s: float, out: Path, overrides: list[str], eva
         raise SystemExit(f"error: the {run_dir.name} run failed (exit {code}) before writing its summary")
     if code:  # what follows the summary (the report) failed; the numbers are already written
         print(f"warning: the {run_dir.name} run exited {code} after writing its summary", flush=True)
-    return json.loads((run_dir / "summary.json").read_text())
+    return non_finite_floats(json.loads((run_dir / "summary.json").read_text()))
 
 
 def real(args: argparse.Namespace) -> int:
