@@ -225,11 +225,24 @@ def _place(actor: Any) -> tuple[str, int]:
 def busy_meter(actors: Actors) -> Any:
     """`rl.metrics.cores_busy` over the run's processes on this node (the driver and the actors placed
     here) and this node's cores (its Ray CPUs, at most its real cores): the share of what the run
-    holds here that it keeps busy. Actors on other nodes are not counted."""
+    holds here that it keeps busy. Actors on other nodes are not counted. The actors are looked up
+    again at every reading, so a replacement (`rl.supervise`) counts from its first reading on."""
     node = ray.get_runtime_context().get_node_id()
-    handles = [*actors.rollouts, *actors.rewards, *actors.trainers]
-    places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in handles], timeout=STARTUP_TIMEOUT_S)
-    pids = [os.getpid(), *(pid for where, pid in places if where == node)]
+    pid_of: dict[str, int | None] = {}  # actor id -> its pid here (None: on another node)
+
+    def pids() -> list[int]:
+        handles = [*actors.rollouts, *actors.rewards, *actors.trainers]
+        new = [h for h in handles if h._actor_id.hex() not in pid_of]
+        if new:
+            try:
+                places = ray.get([h.__ray_call__.remote(lambda self: _place(self)) for h in new],
+                                 timeout=STARTUP_TIMEOUT_S)
+            except (ray.exceptions.RayError, TimeoutError):  # one is dying: looked up at the next reading
+                places = []
+            for h, (where, pid) in zip(new, places):
+                pid_of[h._actor_id.hex()] = pid if where == node else None
+        return [os.getpid(), *(pid for h in handles if (pid := pid_of.get(h._actor_id.hex())) is not None)]
+
     logical = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
     return cores_busy(pids, min(logical, float(os.cpu_count() or 1)))
 

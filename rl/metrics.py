@@ -332,37 +332,51 @@ def step_metrics(batch: Any, reward_stats: dict[str, float], train_stats: dict[s
     return metrics
 
 
-def cores_busy(pids: list[int], cores: float) -> Callable[[], float]:
-    """A function returning the busy fraction of `cores` cores taken by processes `pids` (the run's
-    driver and actors on this node, every thread and child included) since its last call (since this
-    call, the first time): CPU seconds used / (wall seconds x cores). NaN when none can be read."""
+def cores_busy(pids: Callable[[], list[int]] | list[int], cores: float) -> Callable[[], float]:
+    """A function returning the busy fraction of `cores` cores taken by the processes `pids` names
+    (the run's driver and actors on this node, every thread and child included) since its last call
+    (since this call, the first time): CPU seconds used / (wall seconds x cores). `pids` may be a
+    function, asked again at every call: a process it names for the first time (a replaced actor)
+    counts from then on, and one that is gone stops counting with what it used up to its last
+    reading. NaN when none can be read."""
     import psutil
 
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:  # gone already
-            pass
+    current = pids if callable(pids) else (lambda: list(pids))
+    procs: dict[int, Any] = {}
+    seconds: dict[int, float] = {}  # CPU seconds of each process at its last reading
 
-    def cpu_seconds() -> float:
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
-        return total
+    def read(proc: Any) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
 
-    last = [cpu_seconds(), time.perf_counter()]
+    def add_new() -> None:
+        for pid in current():
+            if pid not in procs:
+                try:
+                    proc = psutil.Process(pid)
+                    procs[pid], seconds[pid] = proc, read(proc)
+                except psutil.Error:  # gone already
+                    pass
+
+    add_new()
+    last = [time.perf_counter()]
 
     def busy() -> float:
-        used, now = cpu_seconds(), time.perf_counter()
-        (used_before, before), last[:] = last, [used, now]
-        if not procs or now <= before or cores <= 0:
+        used = 0.0
+        for pid, proc in list(procs.items()):
+            try:
+                now_seconds = read(proc)
+            except psutil.Error:  # exited since the last reading
+                del procs[pid], seconds[pid]
+                continue
+            used, seconds[pid] = used + now_seconds - seconds[pid], now_seconds
+        now, before = time.perf_counter(), last[0]
+        last[0] = now
+        readable = bool(procs)
+        add_new()
+        if not readable or now <= before or cores <= 0:
             return math.nan
-        return (used - used_before) / ((now - before) * cores)
+        return used / ((now - before) * cores)
 
     return busy
 

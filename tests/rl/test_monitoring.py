@@ -525,3 +525,28 @@ def test_actors_that_cannot_be_placed_are_refused_before_ray_starts(dry_run, cap
     assert "the actors need 2 Ray CPUs (rollout 2 x 0.5, reward 1 x 0, trainer 1 x 1" in exc.value.code
     assert "run.num_cpus is 1" in exc.value.code
     assert dry_run("run.num_cpus=2") == 0
+
+
+def test_cores_busy_counts_a_process_from_its_first_reading_and_drops_one_that_exits():
+    import time
+
+    from rl.metrics import cores_busy
+
+    pids: list[int] = []
+    busy = cores_busy(lambda: list(pids), cores=1.0)
+    assert math.isnan(busy())  # nothing to read yet
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 30\nwhile time.time() < t: pass"])
+    try:
+        time.sleep(0.3)  # CPU it uses before it is named must not count
+        pids.append(spin.pid)
+        assert math.isnan(busy())  # first named at this reading: nothing measured for it yet
+        time.sleep(0.6)
+        share = busy()
+        assert 0.2 < share <= 1.05  # a spinning process: near one core (less when the cores are shared)
+    finally:
+        spin.kill()
+        spin.wait()
+    pids.remove(spin.pid)
+    time.sleep(0.1)
+    after = busy()  # it exited: it stops counting, and what it had used is not taken back
+    assert math.isnan(after) or after >= 0
