@@ -19,7 +19,8 @@ from rl.config import Config
 from rl.metrics import PhaseTimer, cores_busy
 from rl.placement import Placement, reserve, roles
 from rl.rollout import CONCURRENCY_GROUPS, RolloutWorker
-from rl.supervise import STARTUP_TIMEOUT_S, ActorStalled, Supervisor, get_within, owner, wait_names_free
+from rl.supervise import (STARTUP_TIMEOUT_S, ActorStalled, Supervisor, actor_name, get_within, owner,
+                          wait_names_free)
 from rl.trainer import TrainerWorker
 from rl.types import Sample
 
@@ -132,9 +133,9 @@ def build_actors(cfg: Config, model_path: str, reward_worker: type, ref_path: st
     rollouts = [start["rollout"](i) for i in range(cfg.rollout.num_actors)]
     rewards = [start["reward"](i) for i in range(cfg.reward.num_actors)]
     trainers = start_trainers(cfg, placement, model_path, ref_path)
-    _wait_started({**{f"rollout-{i}": r.info.remote() for i, r in enumerate(rollouts)},
-                   **{f"reward-{i}": r.info.remote() for i, r in enumerate(rewards)},
-                   **{f"trainer-{i}": t.state.remote() for i, t in enumerate(trainers)}})
+    _wait_started({**{actor_name("rollout", i): r.info.remote() for i, r in enumerate(rollouts)},
+                   **{actor_name("reward", i): r.info.remote() for i, r in enumerate(rewards)},
+                   **{actor_name("trainer", i): t.state.remote() for i, t in enumerate(trainers)}})
     actors = Actors(rollouts, rewards, trainers[0], trainers, placement, transport)
     actors.supervisor = Supervisor(cfg, actors, start)
     return actors
@@ -155,13 +156,13 @@ def start_rollout(cfg: Config, placement: Placement, i: int, model_path: str) ->
     """Rollout engine `i` (named `rollout-i`) in its bundle, on `model_path`'s weights."""
     max_model_len = cfg.data.max_prompt_tokens + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
     return (ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(RolloutWorker)
-            .options(name=f"rollout-{i}", **placement.options("rollout", i))
+            .options(name=actor_name("rollout", i), **placement.options("rollout", i))
             .remote(model_path, cfg.rollout, dtype=cfg.model.dtype, seed=cfg.run.seed + i, max_model_len=max_model_len))
 
 
 def start_reward(cfg: Config, placement: Placement, i: int, reward_worker: type) -> Any:
     """Reward actor `i` (named `reward-i`) in its bundle."""
-    return ray.remote(reward_worker).options(name=f"reward-{i}", **placement.options("reward", i)).remote(cfg.reward)
+    return ray.remote(reward_worker).options(name=actor_name("reward", i), **placement.options("reward", i)).remote(cfg.reward)
 
 
 def start_trainers(cfg: Config, placement: Placement, model_path: str, ref_path: str | None = None) -> list[Any]:
@@ -179,7 +180,7 @@ def start_trainers(cfg: Config, placement: Placement, model_path: str, ref_path:
                      MASTER_PORT=str(port)) for r in range(world)]
     return [
         ray.remote(TrainerWorker)
-        .options(name="trainer" if rank == 0 else f"trainer-{rank}", **placement.options("trainer", rank))
+        .options(name=actor_name("trainer", rank), **placement.options("trainer", rank))
         .remote(model_path, train_cfg, dtype=cfg.model.dtype, seed=cfg.run.seed,
                 max_new_tokens=cfg.rollout.max_new_tokens, total_steps=cfg.run.steps, ref_path=ref_path, dist_env=env)
         for rank, env in enumerate(envs)
@@ -211,9 +212,9 @@ def stop_actors(actors: Actors, timeout_s: float = 30.0) -> None:
         ray.kill(actor)
     if actors.placement is not None:
         actors.placement.release()
-    wait_names_free([*(f"rollout-{i}" for i in range(len(actors.rollouts))),
-                     *(f"reward-{i}" for i in range(len(actors.rewards))),
-                     *("trainer" if r == 0 else f"trainer-{r}" for r in range(len(actors.trainers)))], timeout_s)
+    wait_names_free([actor_name(role, i) for role, handles in (("rollout", actors.rollouts), ("reward", actors.rewards),
+                                                               ("trainer", actors.trainers)) for i in range(len(handles))],
+                    timeout_s)
 
 
 def _place(actor: Any) -> tuple[str, int]:

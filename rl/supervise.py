@@ -202,7 +202,7 @@ class Supervisor:
         return places  # type: ignore[return-value]
 
     def _replace(self, role: str, i: int, exc: Exception, stalled: bool) -> None:
-        name = f"{role}-{i}"
+        name = actor_name(role, i)
         lines = str(exc).strip().splitlines()
         why = f"stalled ({exc})" if stalled else f"died ({type(exc).__name__}: {lines[0] if lines else ''})"
         if self.restarts[role] >= self.max_restarts:
@@ -229,6 +229,11 @@ class Supervisor:
                             f"{str(start_exc).strip()[:300]})") from start_exc
         handles[i] = new
         print(f"{name} replaced in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def actor_name(role: str, i: int) -> str:
+    """The Ray name of a run's actor: rollout-i, reward-i, and "trainer" (rank 0) or trainer-i."""
+    return "trainer" if role == "trainer" and i == 0 else f"{role}-{i}"
 
 
 def wait_names_free(names: list[str], timeout_s: float = 30.0) -> None:
