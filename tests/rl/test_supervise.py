@@ -318,7 +318,8 @@ def test_an_async_run_replaces_a_dead_or_stalled_actor_and_scores_every_drawn_gr
         return draw
 
     monkeypatch.setattr(StepFill, "next_draw", recording)
-    cfg = _config(tmp_path, 1, 8, "rollout.num_actors=2", "reward.num_actors=1", "run.call_timeout_s=6")  # a loaded machine must not look stalled
+    # 6 s without an answer counts as a stall: long enough that a loaded machine does not look like one.
+    cfg = _config(tmp_path, 1, 8, "rollout.num_actors=2", "reward.num_actors=1", "run.call_timeout_s=6")
     fails = {who: (mode, 6)}  # the 6th call: mid-run, with rows in flight
 
     def start(role, cls, i):
