@@ -270,15 +270,18 @@ class Pipeline:
         now = time.monotonic()
         failures += [ActorStalled([owner(r)], self.supervisor.timeouts.call(), "a weight load")
                      for r, (_, _, deadline) in self.loads.items() if now > deadline]
-        if failures:
+        if failures or lost:  # rows lost with an engine's scoring results may come before its own failure
             self._recover(failures, lost)
         return [r for r in ready if r not in loaded]
 
     def _recover(self, failures: list[Exception], lost: list[tuple[int, dict]]) -> None:
         """Replace the engines and reward actors that died or stalled (`rl.supervise`) and submit the rows
-        lost with them again, to the engines as they are now; a failure it cannot recover is raised."""
+        lost with them again, to the engines as they are now; a failure it cannot recover is raised.
+        Rows can be lost without a failure in the same wait: the scoring results an engine owned fail
+        (OwnerDiedError) before its own call does. They go out again at once; were one dealt to the
+        dead engine, its failure, when it comes, hands it back (`EngineStream.engine_replaced`)."""
         if self.supervisor is None:
-            raise failures[0]
+            raise (failures[0] if failures else RuntimeError(f"{len(lost)} rows lost with an engine's results"))
         for exc in failures:
             for role, i in self.supervisor.replace(exc):
                 if role == "rollout":

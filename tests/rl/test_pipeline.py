@@ -198,3 +198,31 @@ def test_a_checkpoint_holds_the_open_steps_and_a_resumed_run_continues_them(ray_
     assert pending[2] <= {s.prompt_id for s in batch.generated}
     later = set().union(*(set(f.drawn) for f in pipe.fills.values())) if pipe.fills else set()
     assert not (pending[2] & later - pending.get(3, set()))
+
+
+def test_rows_lost_with_an_engines_results_go_out_again_before_its_own_failure_is_seen():
+    """The scoring results an engine owned can fail (OwnerDiedError) in a wait that does not yet see
+    the engine's own call fail: those rows must go out again then, not wait for a failure."""
+    from types import SimpleNamespace
+
+    class Stream:
+        def __init__(self) -> None:
+            self.submitted: list[tuple[list[dict], int]] = []
+
+        def wait(self, timeout, others):
+            return [], {}, [], [], [(7, {"id": "p:1"}), (7, {"id": "p:2"})]  # lost, no failure
+
+        def submit(self, rows, n):
+            self.submitted.append((rows, n))
+            return 8
+
+    pipe = Pipeline.__new__(Pipeline)
+    draw = SimpleNamespace(n=N, rows=[{"id": "p:1"}, {"id": "p:2"}], scored=0)
+    pipe.stream, pipe.loads, pipe.reward_stats, pipe.sync_seconds = Stream(), {}, {}, []
+    pipe.draws, pipe.fills, pipe.supervisor = {7: (3, draw)}, {}, SimpleNamespace()
+    pipe._pump(0.0)
+    assert pipe.stream.submitted == [([{"id": "p:1"}, {"id": "p:2"}], N)]
+    assert pipe.draws[8] == (3, draw)  # the new tag counts for the same step and draw
+    pipe.supervisor = None  # unsupervised, the loss is an error rather than a step that never fills
+    with pytest.raises(RuntimeError, match="2 rows lost"):
+        pipe._pump(0.0)
