@@ -259,3 +259,18 @@ def test_with_the_default_config_a_prompt_always_solved_is_parked_whatever_its_p
     e = ledger.entries["easy"]
     assert e.band == "solved", (ledger.mean(e), ledger.posterior(e))
     assert ledger.useful(e, 8) < 0.35  # a group of 8 with variance is now unlikely under the posterior
+
+
+def test_thompson_pick_exploits_the_known_middle_and_explores_the_uncertain():
+    from data_mining.ledger import thompson_pick
+
+    # A prompt known to pass half the time, one known to fail, one never tried (a flat prior).
+    a, b = np.array([40.0, 0.2, 1.0]), np.array([40.0, 40.0, 1.0])
+    firsts = [thompson_pick(a, b, np.ones(3), 8, 1, seed)[0] for seed in range(400)]
+    assert firsts.count(0) > 0.8 * len(firsts)  # the known middle nearly always wins
+    assert 0 < firsts.count(2) < 0.2 * len(firsts)  # the uncertain one now and then
+    assert firsts.count(1) == 0  # the known failure (a group of 8 would hardly vary) in none of 400
+    assert thompson_pick(a, b, np.ones(3), 8, 3, 7) == thompson_pick(a, b, np.ones(3), 8, 3, 7)  # seeded
+    assert sorted(thompson_pick(a, b, np.ones(3), 8, 5, 0)) == [0, 1, 2]  # k past the pool: all of it
+    assert thompson_pick(a, b, np.array([0.0, 1.0, 1.0]), 8, 1, 0) != [0]  # a zero factor never wins
+    assert thompson_pick(a, b, np.ones(3), 8, 0, 0) == [] and thompson_pick(a[:0], b[:0], a[:0], 8, 2, 0) == []
