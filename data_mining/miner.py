@@ -283,29 +283,27 @@ class Miner:
         return {d: floor + (1 - floor * len(live)) * (score[d] / total if total > 0 else 1.0 / len(live))
                 if d in score else 0.0 for d in domains}
 
-    def _posterior_factors(self, pids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each prompt's Beta posterior (a, b) at the current policy version, and its draw factor: its
-        base weight, times parked_draw_weight when parked."""
+    def _candidates(self, pids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The prompts of `pids` that may be drawn, with what a draw needs of each, computed once:
+        (pids, a, b, factor, weight). (a, b) is the Beta posterior at the current policy version,
+        factor the base weight (times parked_draw_weight when parked), weight = factor x the chance
+        of a group with reward variance under (a, b); prompts of weight 0 are left out."""
         entries = [self.ledger.entries[p] for p in pids]
         a, b = self.ledger.posteriors(entries, self.version)
-        factor = [self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
-                  for p, e in zip(pids, entries)]
-        return a, b, np.asarray(factor, dtype=float)
+        factor = np.asarray([self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
+                             for p, e in zip(pids, entries)], dtype=float)
+        weight = useful_probability(a, b, self.samples_per_prompt) * factor
+        keep = weight > 0
+        return [p for p, k in zip(pids, keep.tolist()) if k], a[keep], b[keep], factor[keep], weight[keep]
 
-    def _draw_weights(self, pids: list[str]) -> list[float]:
-        """Each prompt's chance of a group with reward variance now (its evidence discounted to the
-        current policy version), times its draw factor (`_posterior_factors`)."""
-        a, b, factor = self._posterior_factors(pids)
-        return (useful_probability(a, b, self.samples_per_prompt) * factor).tolist()
-
-    def _pick(self, candidates: list[tuple[str, float]], k: int) -> list[str]:
-        """k of `candidates` ((prompt, draw weight) pairs): by `mining.draw` (see `thompson_pick`)."""
+    def _pick(self, candidates: tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray], k: int) -> list[str]:
+        """k of `candidates` (`_candidates`), by `mining.draw`: Thompson sampling (`thompson_pick`) or
+        in proportion to their weight."""
+        pids, a, b, factor, weight = candidates
         if k <= 0:
             return []
         if self.cfg.draw == "weighted":
-            return weighted_sample(self.rng, candidates, k)
-        pids = [p for p, _ in candidates]
-        a, b, factor = self._posterior_factors(pids)
+            return weighted_sample(self.rng, zip(pids, weight.tolist()), k)
         return [pids[i] for i in thompson_pick(a, b, factor, self.samples_per_prompt, k, self.rng.getrandbits(64))]
 
     def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
@@ -333,18 +331,15 @@ class Miner:
         return overdue(self.ledger, [p for p in self.rows if p not in self.in_flight], self.version, self.cfg)[:n]
 
     def draw(self, n: int, exclude: set[str]) -> list[dict[str, Any]]:
-        """Up to n prompts drawn by `_draw_weight`, split by the domain shares, counting the prompts
-        in flight toward their domains. When no prompt has weight, the prompts seen longest ago
-        (their evidence is stalest). Prompts in flight are never drawn twice."""
+        """Up to n prompts drawn by `_pick`, split by the domain shares, counting the prompts in flight
+        toward their domains. When no prompt has weight, the prompts seen longest ago (their evidence
+        is stalest). Prompts in flight are never drawn twice."""
         exclude = exclude | self.in_flight
-        candidates = {}
-        for d, ids in self.by_domain.items():
-            open_ = [p for p in ids if p not in exclude]
-            candidates[d] = [(p, w) for p, w in zip(open_, self._draw_weights(open_)) if w > 0]
-        if not any(candidates.values()):
+        candidates = {d: self._candidates([p for p in ids if p not in exclude]) for d, ids in self.by_domain.items()}
+        if not any(c[0] for c in candidates.values()):
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
-        quotas = self._quotas(n, {d: len(c) for d, c in candidates.items()})
+        quotas = self._quotas(n, {d: len(c[0]) for d, c in candidates.items()})
         picked = [p for d in sorted(quotas) for p in self._pick(candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
 
