@@ -43,9 +43,9 @@ import math
 import random
 import sys
 from collections import Counter
-from statistics import NormalDist
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable
 
 import numpy as np
