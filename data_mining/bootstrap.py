@@ -251,6 +251,7 @@ def _sft(model, tokenizer, spec: BootstrapSpec, rows: list[dict], work_dir: Path
         completion_only_loss=True,
         router_aux_loss_coef=0.0,  # transformers 5.19 mis-shapes the aux loss under padding masks
         max_length=96,
+        gradient_checkpointing=False,  # TRL turns it on; at this size recomputing the forward only costs time
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
