@@ -249,6 +249,13 @@ class RolloutConfig:
                           "updates, and no sample trains a policy more than this many versions newer than its "
                           "oldest token; 0 = synchronous (generate, score, train, sync in turn)", "min": 0},
     )
+    nice: int | None = field(
+        default=None,
+        metadata={"help": "added to the engines' CPU niceness (lower priority), so that where they share cores with "
+                          "the trainer, the trainer (the step's critical path when generation overlaps training) "
+                          "keeps its core and the engines take what it leaves; null = 4 when max_staleness > 0, "
+                          "else 0", "min": 0},
+    )
     partial: Literal["continue", "restart"] = field(
         default="continue",
         metadata={"help": "max_staleness > 0: requests in flight when new weights reach an engine continue under "

@@ -7,6 +7,7 @@ tensor writes into the model that serves generation (see `rl.weight_sync`).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,23 @@ def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _lower_priority(niceness: int, every_thread: bool = False) -> None:
+    """Run this thread (or every thread of the process) at `niceness`, where it is higher than now.
+
+    Linux keeps a niceness per thread and a new thread inherits its creator's, so the threads that
+    step the engine are set when they start; lowering a niceness needs privileges and is not tried.
+    """
+    if sys.platform != "linux":
+        return
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if every_thread else [threading.get_native_id()]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except OSError:  # the thread ended meanwhile
+            pass
 
 
 def _native_rotary_for_strided_inputs() -> None:
@@ -101,7 +119,10 @@ class RolloutWorker:
         self, model_path: str, cfg: RolloutConfig = RolloutConfig(), *, dtype: str = "float32", seed: int = 0,
         max_model_len: int = 256,
     ) -> None:
-        """An engine on `model_path` set up by `cfg` (threads, KV cache, eager mode, routing capture)."""
+        """An engine on `model_path` set up by `cfg` (threads, KV cache, eager mode, routing capture, priority)."""
+        nice = cfg.nice if cfg.nice is not None else (4 if cfg.max_staleness > 0 else 0)
+        self._niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        _lower_priority(self._niceness, every_thread=True)
         _configure_cpu_engine(cfg.threads, cfg.kv_cache_gib)
         from rl.routing import engine_overrides
         from rl.weight_sync import install_layout_recorder
@@ -194,6 +215,7 @@ class RolloutWorker:
         Steps the engine as `LLM.generate` does (same requests, added by `LLM.enqueue`), so the
         same samples come out for the same engine RNG state whatever the callback does.
         """
+        _lower_priority(self._niceness)
         params, prompt_ids, routing = self._start(rows, n, temperature, top_p, max_new_tokens, record_routing)
         engine = self.llm.llm_engine
         added: list[str] = []
@@ -318,6 +340,7 @@ class RolloutWorker:
     def _serve(self) -> None:
         """The generation thread: admit queued rows, restart after a weight load when asked, step."""
         st, engine = self._stream, self.llm.llm_engine
+        _lower_priority(self._niceness)
         try:
             while True:
                 with st.cond:
