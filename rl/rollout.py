@@ -39,6 +39,15 @@ def _configure_cpu_engine(threads: int, kv_cache_gib: float) -> None:
     torch.set_num_threads(threads)
 
 
+def engine_nice(cfg: RolloutConfig) -> int:
+    """What the engines add to their niceness: `cfg.nice`, or when unset 4 while generation overlaps
+    training (the trainer then keeps its core, a 4-step lower weight giving the engines about 40% of
+    the trainer's CPU share where they meet) and 0 in the synchronous loop."""
+    if cfg.nice is not None:
+        return cfg.nice
+    return 4 if cfg.max_staleness > 0 else 0
+
+
 def _lower_priority(niceness: int, every_thread: bool = False) -> None:
     """Run this thread (or every thread of the process) at `niceness`, where it is higher than now.
 
@@ -120,8 +129,7 @@ class RolloutWorker:
         max_model_len: int = 256,
     ) -> None:
         """An engine on `model_path` set up by `cfg` (threads, KV cache, eager mode, routing capture, priority)."""
-        nice = cfg.nice if cfg.nice is not None else (4 if cfg.max_staleness > 0 else 0)
-        self._niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        self._niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + engine_nice(cfg))
         _lower_priority(self._niceness, every_thread=True)
         _configure_cpu_engine(cfg.threads, cfg.kv_cache_gib)
         from rl.routing import engine_overrides
