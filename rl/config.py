@@ -74,7 +74,7 @@ class RunConfig:
         default="runs/tiny_cpu", metadata={"help": "run directory: metrics.jsonl, checkpoints, report"}
     )
     seed: int = field(default=0, metadata={"help": "seed for data, sampling and model init", "min": 0})
-    steps: int = field(default=800, metadata={"help": "number of RL steps", "min": 0})
+    steps: int = field(default=650, metadata={"help": "number of RL steps", "min": 0})
     ray_address: str | None = field(
         default=None, metadata={"help": "null starts a local Ray; 'auto' joins a running cluster"}
     )
@@ -244,7 +244,7 @@ class RolloutConfig:
         metadata={"help": "warn when the rollout/trainer log-prob gap exceeds this", "min": 0},
     )
     max_staleness: int = field(
-        default=0,
+        default=1,
         metadata={"help": "asynchronous training: the engines generate for the coming steps while the trainer "
                           "updates, and no sample trains a policy more than this many versions newer than its "
                           "oldest token; 0 = synchronous (generate, score, train, sync in turn)", "min": 0},
@@ -710,7 +710,8 @@ class Config:
             )
         if self.train.num_actors > 1 and self.rollout.max_staleness:
             raise ConfigError(f"config key 'train.num_actors' = {self.train.num_actors} is not supported with "
-                              "rollout.max_staleness > 0 yet (the asynchronous loop drives one trainer)")
+                              f"rollout.max_staleness = {self.rollout.max_staleness} yet (the asynchronous loop "
+                              "drives one trainer): set rollout.max_staleness=0 for several trainers")
 
 
 # --- loading --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ TINY_RUN = [
     "data.heldout_prompts=8", "train.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=6",
     "train.drop_zero_variance_groups=false", "eval.before=false", "eval.after=false", "monitor.ray_metrics=false",
     "monitor.tensorboard=false", "monitor.progress=lines",
+    "rollout.max_staleness=0",  # several trainers: the synchronous loop
 ]
 # Where each role is asked to go: both engines on the second node, one trainer on each node.
 PLACED = ["rollout.num_actors=2", "rollout.cpus_per_actor=0.5", "rollout.node_resource=second_node",

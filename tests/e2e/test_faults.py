@@ -26,7 +26,7 @@ def _overrides(model: str, run_dir: Path, steps: int) -> list[str]:
         "data.heldout_prompts=8", "train.prompts_per_step=4", "rollout.samples_per_prompt=4",
         "rollout.num_actors=1", "rollout.max_new_tokens=6", "eval.before=false", "eval.after=false",
         "train.drop_zero_variance_groups=false", "monitor.ray_metrics=false", "monitor.tensorboard=false",
-        f"monitor.dashboard_port={_free_port()}",
+        f"monitor.dashboard_port={_free_port()}", "rollout.max_staleness=0",  # tests may set it again
     ]
 
 

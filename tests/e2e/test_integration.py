@@ -37,6 +37,7 @@ def _config(tiny_checkpoint: str, run_dir: Path):
             "data.train_prompts=64", "data.heldout_prompts=8", "data.max_digits=1", "rollout.max_new_tokens=6",
             "data.tasks=[arithmetic]", "data.task_weights=[1]",
             "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
+            "rollout.max_staleness=0",  # rl_loop: the synchronous loop
         ],
     )
 

@@ -132,6 +132,7 @@ OVERRIDES = [
     "data.train_prompts=64", "data.heldout_prompts=8", "data.max_digits=1", "rollout.max_new_tokens=6",
     "data.tasks=[arithmetic]", "data.task_weights=[1]",
     "train.drop_zero_variance_groups=false",  # every step updates, so versions are exact
+    "rollout.max_staleness=0",  # the synchronous loop resumes exactly
 ]
 
 

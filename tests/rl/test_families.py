@@ -204,6 +204,7 @@ def _driver_config(checkpoint: str, run_dir: Path, dtype: str = "float32"):
         "rollout.num_actors=1", "rollout.cpus_per_actor=1", "train.lr=1e-3", "train.aux_loss_coef=0.01",
         "data.tasks=[arithmetic]", "data.task_weights=[1]", "data.max_digits=1", "data.train_prompts=32",
         "data.heldout_prompts=4", "eval.before=false", "eval.after=false", "mining.enabled=false",
+        "rollout.max_staleness=0",
         "train.drop_zero_variance_groups=false", "monitor.tensorboard=false", "monitor.ray_metrics=false",
         f'reward.custom=["{Path(__file__).resolve()}:token_parity"]', 'reward.routes=["math=token_parity:1.0"]',
     ])

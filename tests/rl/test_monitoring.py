@@ -359,7 +359,7 @@ def test_short_run_exports_rl_metrics_to_prometheus_and_tensorboard(tiny_checkpo
             f"model.path={tiny_checkpoint}", f"run.dir={run_dir}", "run.steps=2", "train.prompts_per_step=8",
             "rollout.samples_per_prompt=4", "data.train_prompts=64", "data.heldout_prompts=8",
             "data.tasks=[arithmetic]", "data.task_weights=[1]",
-            "data.max_digits=1", "rollout.max_new_tokens=6", "train.kl_coef=0.01",
+            "data.max_digits=1", "rollout.max_new_tokens=6", "train.kl_coef=0.01", "rollout.max_staleness=0",
         ],
     )
     actors = build_actors(cfg, tiny_checkpoint, RewardWorker)

@@ -72,9 +72,13 @@ def test_bad_placement_keys_are_refused_naming_the_key(override, key):
 
 def test_several_trainers_must_reserve_something_and_train_synchronously():
     with pytest.raises(ConfigError, match=r"train\.num_actors"):
-        load_config(None, ["train.num_actors=2", "train.cpus=0"])
-    with pytest.raises(ConfigError, match=r"train\.num_actors"):
-        load_config(None, ["train.num_actors=2", "rollout.max_staleness=1"])
+        load_config(None, ["train.num_actors=2", "train.cpus=0", "rollout.max_staleness=0"])
+    # Asynchronous training is the default; the error says how to train with several trainers.
+    with pytest.raises(ConfigError, match=r"train\.num_actors.*set rollout\.max_staleness=0"):
+        load_config(None, ["train.num_actors=2"])
+    with pytest.raises(ConfigError, match=r"train\.num_actors.*max_staleness = 2"):
+        load_config(None, ["train.num_actors=2", "rollout.max_staleness=2"])
+    assert load_config(None, ["train.num_actors=2", "rollout.max_staleness=0"]).train.num_actors == 2
 
 
 def test_an_unsatisfiable_placement_fails_naming_the_resource_and_releases_its_groups(ray_session):

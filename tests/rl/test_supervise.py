@@ -102,7 +102,7 @@ class FakeTrainer:
 def _rig(ray, fails: dict[str, list[str]], *overrides: str):
     """Actors with a supervisor whose `start` gives actor i of a role its next entry of `fails`
     (then healthy ones); returns (actors, started) where `started` counts starts per role."""
-    cfg = load_config(None, ["rollout.num_actors=2", "reward.num_actors=1", *overrides])
+    cfg = load_config(None, ["rollout.max_staleness=0", "rollout.num_actors=2", "reward.num_actors=1", *overrides])
     classes = {"rollout": FakeEngine, "reward": FakeReward}
     started = {"rollout": 0, "reward": 0}
 
@@ -215,7 +215,8 @@ def test_a_dead_trainer_is_not_replaced(ray_session):
 
 
 def test_timeouts_follow_the_work_unless_fixed():
-    cfg = load_config(None, ["rollout.num_actors=2", "reward.num_actors=2", "reward.timeout_s=10"])
+    cfg = load_config(None, ["rollout.max_staleness=0", "rollout.num_actors=2", "reward.num_actors=2",
+                           "reward.timeout_s=10"])
     t = Timeouts(cfg)
     # 64 prompts over 2 engines x 8 completions x 24 tokens at 20 tokens/s, plus scoring 512 samples
     # over 2 reward actors at 10 s each in turn.

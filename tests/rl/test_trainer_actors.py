@@ -19,7 +19,7 @@ CASE = "replay"  # routing replay on, two micro-batches per process
 def _config(actors: int):
     # cfg.train like test_dp's case, with `actors` trainers; no engine or reward actor is started here.
     overrides = [f"train.{k}={v}" for k, v in CASES[CASE][1].items()]
-    return load_config(None, [*overrides, "train.lr=1e-4", "train.lr_schedule=constant", f"train.num_actors={actors}",
+    return load_config(None, ["rollout.max_staleness=0", *overrides, "train.lr=1e-4", "train.lr_schedule=constant", f"train.num_actors={actors}",
                               "run.steps=2", "rollout.max_new_tokens=8", "rollout.num_actors=1",
                               "rollout.cpus_per_actor=0", "train.cpus=1"])
 
