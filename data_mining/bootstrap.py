@@ -56,7 +56,7 @@ class BootstrapSpec:
     experts_per_token: int = 2
     moe_intermediate_size: int = 128
     sft_examples: int = 20_000
-    sft_steps: int = 800
+    sft_steps: int = 1000
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     sft_precision: str = "fp32"  # TRL defaults to bf16 autocast, which this CPU runs no faster

@@ -74,7 +74,7 @@ class RunConfig:
         default="runs/tiny_cpu", metadata={"help": "run directory: metrics.jsonl, checkpoints, report"}
     )
     seed: int = field(default=0, metadata={"help": "seed for data, sampling and model init", "min": 0})
-    steps: int = field(default=750, metadata={"help": "number of RL steps", "min": 0})
+    steps: int = field(default=800, metadata={"help": "number of RL steps", "min": 0})
     ray_address: str | None = field(
         default=None, metadata={"help": "null starts a local Ray; 'auto' joins a running cluster"}
     )

@@ -51,7 +51,7 @@ def test_defaults_load():
     cfg = load_config(None)
     assert cfg == Config()
     assert cfg.run.dir == "runs/tiny_cpu"
-    assert cfg.run.steps == 750
+    assert cfg.run.steps == 800
     assert cfg.rollout.max_staleness == 1  # generation overlaps training by default
     assert cfg.run.ray_address is None
     assert cfg.model.dtype == "float32"
