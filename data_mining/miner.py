@@ -46,7 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -144,6 +144,18 @@ def overdue(ledger: Ledger, pids: list[str], version: int, cfg: MiningConfig) ->
             if score >= 1:
                 due.append((-score, i, pid))
     return [pid for *_, pid in sorted(due)]
+
+
+class Candidates(NamedTuple):
+    """Prompts a draw may pick, with their Beta posterior (a, b) at the current policy version, their
+    factor (base weight, times parked_draw_weight when parked) and weight = factor x the chance of a
+    group with reward variance under (a, b)."""
+
+    pids: list[str]
+    a: np.ndarray
+    b: np.ndarray
+    factor: np.ndarray
+    weight: np.ndarray
 
 
 class Miner:
@@ -283,28 +295,26 @@ class Miner:
         return {d: floor + (1 - floor * len(live)) * (score[d] / total if total > 0 else 1.0 / len(live))
                 if d in score else 0.0 for d in domains}
 
-    def _candidates(self, pids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The prompts of `pids` that may be drawn, with what a draw needs of each, computed once:
-        (pids, a, b, factor, weight). (a, b) is the Beta posterior at the current policy version,
-        factor the base weight (times parked_draw_weight when parked), weight = factor x the chance
-        of a group with reward variance under (a, b); prompts of weight 0 are left out."""
+    def _candidates(self, pids: list[str]) -> Candidates:
+        """The prompts of `pids` that may be drawn (weight > 0), with what a draw needs of each,
+        computed once (`Candidates`)."""
         entries = [self.ledger.entries[p] for p in pids]
         a, b = self.ledger.posteriors(entries, self.version)
         factor = np.asarray([self.base_weight[p] * (self.cfg.parked_draw_weight if e.band in PARKED else 1.0)
                              for p, e in zip(pids, entries)], dtype=float)
         weight = useful_probability(a, b, self.samples_per_prompt) * factor
         keep = weight > 0
-        return [p for p, k in zip(pids, keep.tolist()) if k], a[keep], b[keep], factor[keep], weight[keep]
+        return Candidates([p for p, k in zip(pids, keep.tolist()) if k], a[keep], b[keep], factor[keep], weight[keep])
 
-    def _pick(self, candidates: tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray], k: int) -> list[str]:
-        """k of `candidates` (`_candidates`), by `mining.draw`: Thompson sampling (`thompson_pick`) or
-        in proportion to their weight."""
-        pids, a, b, factor, weight = candidates
+    def _pick(self, c: Candidates, k: int) -> list[str]:
+        """k of the candidates `c`, by `mining.draw`: Thompson sampling (`thompson_pick`) or in
+        proportion to their weight."""
         if k <= 0:
             return []
         if self.cfg.draw == "weighted":
-            return weighted_sample(self.rng, zip(pids, weight.tolist()), k)
-        return [pids[i] for i in thompson_pick(a, b, factor, self.samples_per_prompt, k, self.rng.getrandbits(64))]
+            return weighted_sample(self.rng, zip(c.pids, c.weight.tolist()), k)
+        picks = thompson_pick(c.a, c.b, c.factor, self.samples_per_prompt, k, self.rng.getrandbits(64))
+        return [c.pids[i] for i in picks]
 
     def record(self, samples: list[Sample], step: int) -> list[tuple[str, str, str]]:
         """Scored samples into the ledger; the policy version they reached becomes the current one."""
@@ -336,10 +346,10 @@ class Miner:
         is stalest). Prompts in flight are never drawn twice."""
         exclude = exclude | self.in_flight
         candidates = {d: self._candidates([p for p in ids if p not in exclude]) for d, ids in self.by_domain.items()}
-        if not any(c[0] for c in candidates.values()):
+        if not any(c.pids for c in candidates.values()):
             stale = sorted((p for p in self.rows if p not in exclude), key=lambda p: self.ledger.entries[p].last_step)
             return [self.rows[p] for p in stale[:n]]
-        quotas = self._quotas(n, {d: len(c[0]) for d, c in candidates.items()})
+        quotas = self._quotas(n, {d: len(c.pids) for d, c in candidates.items()})
         picked = [p for d in sorted(quotas) for p in self._pick(candidates[d], quotas[d])]
         return [self.rows[p] for p in picked]
 
