@@ -206,19 +206,17 @@ def run_trl(args: argparse.Namespace, out: Path) -> dict:
 def engine_worker(args: argparse.Namespace, out: Path, threads: int, part: int, parts: int) -> None:
     """vLLM's `LLM.generate` alone on the pipeline's prompts (every `parts`-th prompt from `part`),
     `prompts_per_step` prompts x `samples_per_prompt` a call, same sampling; writes tokens and seconds."""
-    from vllm import SamplingParams
-
     from data_mining.prompts import load_prompts
     from rl.config import RolloutConfig
-    from rl.rollout import RolloutWorker
+    from rl.rollout import RolloutWorker, sampling_params
 
     cfg = load_cfg(args.overrides)
     train, _ = load_prompts(cfg)
     rc = RolloutConfig(**{**cfg.rollout.__dict__, "threads": threads, "record_routing": False})
     worker = RolloutWorker(cfg.model.path, rc, seed=cfg.run.seed + part,
                            max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
-    params = SamplingParams(n=cfg.rollout.samples_per_prompt, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, max_tokens=cfg.rollout.max_new_tokens, logprobs=0)
+    params = sampling_params(cfg.rollout.samples_per_prompt, cfg.rollout.temperature, cfg.rollout.top_p,
+                             cfg.rollout.max_new_tokens)  # the pipeline's own settings
     per_call = max(1, cfg.train.prompts_per_step // parts)
     mine = train[part::parts]
     tokens, seconds = 0, 0.0

@@ -105,6 +105,11 @@ def test_replay_runs_the_rollouts_experts_end_to_end(tiny_checkpoint, ray_sessio
     rows = [{"id": f"p{i}", "domain": "math", "prompt": f"{i % 10}+{(3 * i) % 10}=", "reference": {}} for i in range(16)]
     samples = ray.get(rollout.generate.remote(rows, n=4, max_new_tokens=8))
     ray.kill(rollout)
+    # vLLM's detokenizer is off (`rl.rollout.sampling_params`): the text comes from the worker's own
+    # decode and every sampled token still has its log-prob.
+    assert sum(bool(s.completion) for s in samples) >= len(samples) // 2
+    assert all(len(s.rollout_logprobs) == len(s.completion_ids) > 0 for s in samples)
+    assert all(lp <= 0.0 for s in samples for lp in s.rollout_logprobs)
     assert all(s.routed_experts is not None for s in samples)
     s = samples[0]
     assert s.routed_experts.shape[0] == len(s.prompt_ids) + len(s.completion_ids) - 1
